@@ -1,0 +1,393 @@
+"""DDPMExtScheduler against independent computations: diffusers' DDPMScheduler, float64 Bayes' rule, closed forms,
+and statistical checks of the forward chain."""
+
+import inspect
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from scipy import stats
+
+from ddpm_ext import DDPMExtScheduler
+
+
+def _pair(**cfg):
+    return DDPMScheduler(**cfg), DDPMExtScheduler(**cfg)
+
+
+def _model_output(shape, learned, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = torch.randn(shape, generator=g)
+    if learned:
+        # a trained learned-range network outputs its variance channels in about [-1, 1]
+        out = torch.cat([out, torch.tanh(torch.randn(shape, generator=g))], dim=1)
+    return out
+
+
+# ---------------------------------------------------------------- config compatibility
+def test_config_keys_and_defaults_equal_ddpm_scheduler():
+    ours = inspect.signature(DDPMExtScheduler.__init__).parameters
+    theirs = inspect.signature(DDPMScheduler.__init__).parameters
+    assert list(ours) == list(theirs)
+    for name, p in theirs.items():
+        assert ours[name].default == p.default, name
+
+
+def test_config_round_trips_between_ddpm_ddim_and_ours(tmp_path):
+    ddpm = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
+    ours = DDPMExtScheduler.from_config(ddpm.config)
+    assert {k: ours.config[k] for k in ddpm.config} == dict(ddpm.config)
+    back = DDPMScheduler.from_config(ours.config)
+    assert dict(back.config) == dict(ddpm.config)
+    ddim = DDIMScheduler.from_config(ours.config)
+    assert ddim.config.prediction_type == "v_prediction"
+    assert torch.allclose(ddim.alphas_cumprod, ours.alphas_cumprod, rtol=1e-5)
+    names = {c.__name__ for c in ours.compatibles}
+    assert {"DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler"} <= names
+    ours.save_pretrained(tmp_path)
+    assert (tmp_path / "scheduler_config.json").is_file()
+    loaded = DDPMExtScheduler.from_pretrained(tmp_path)
+    public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(ours.config)
+    assert torch.equal(loaded.alphas_cumprod, ours.alphas_cumprod)
+
+
+# ---------------------------------------------------------------- parity with DDPMScheduler
+SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
+PREDICTIONS = ["epsilon", "sample", "v_prediction"]
+VARIANCES = ["fixed_small", "fixed_small_log", "fixed_large", "learned_range"]
+SPACINGS = ["leading", "trailing", "linspace"]
+
+
+def _run_parity(cfg, num_inference_steps, batch=2, channels=3, size=4):
+    theirs, ours = _pair(**cfg)
+    if num_inference_steps is not None:
+        theirs.set_timesteps(num_inference_steps)
+        ours.set_timesteps(num_inference_steps)
+    assert torch.equal(theirs.timesteps, ours.timesteps)
+    learned = cfg.get("variance_type", "fixed_small").startswith("learned")
+    x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(0))
+    gen_a, gen_b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    last = theirs.timesteps[-1]
+    for i, t in enumerate(theirs.timesteps):
+        out = _model_output((batch, channels, size, size), learned, seed=100 + i)
+        a = theirs.step(out, t, x, generator=gen_a)
+        b = ours.step(out, t, x, generator=gen_b)
+        torch.testing.assert_close(b.pred_original_sample, a.pred_original_sample, rtol=2e-4, atol=2e-5)
+        if t == last and t > 0 and (learned or "large" in cfg.get("variance_type", "")):
+            # deliberate difference: the step into x_0 adds no noise (DDPM Algorithm 2; its posterior variance is
+            # 0). When the last timestep is > 0 (trailing/linspace), DDPMScheduler adds noise of variance β_t there
+            # for fixed_large, or interpolates towards log(1e-20) for learned_range. Ours returns the mean.
+            mean = ours.step(out, t, x, generator=torch.Generator().manual_seed(9)).prev_sample
+            torch.testing.assert_close(b.prev_sample, mean)
+        else:
+            torch.testing.assert_close(b.prev_sample, a.prev_sample, rtol=2e-4, atol=2e-5)
+        x = a.prev_sample
+    # the generators advanced identically
+    assert torch.equal(gen_a.get_state(), gen_b.get_state())
+
+
+@pytest.mark.parametrize(
+    "schedule,prediction,variance,spacing",
+    list(itertools.product(SCHEDULES, PREDICTIONS, VARIANCES, SPACINGS)),
+)
+def test_step_parity_with_ddpm_scheduler_respaced(schedule, prediction, variance, spacing):
+    cfg = dict(beta_schedule=schedule, prediction_type=prediction, variance_type=variance, timestep_spacing=spacing)
+    for n in (1, 7, 25):
+        _run_parity(cfg, n)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(),
+        dict(clip_sample=False),
+        dict(thresholding=True, sample_max_value=2.0),
+        dict(clip_sample_range=0.5, prediction_type="v_prediction"),
+        dict(beta_schedule="squaredcos_cap_v2", variance_type="fixed_large", clip_sample=False),
+        dict(beta_schedule="squaredcos_cap_v2", variance_type="learned_range"),
+        dict(steps_offset=1, timestep_spacing="leading"),
+        dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing"),
+        dict(trained_betas=np.linspace(1e-4, 0.02, 1000).tolist()),
+    ],
+    ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items() if k != "trained_betas") or "default",
+)
+def test_step_parity_with_ddpm_scheduler_options(cfg):
+    for n in (10, 50):
+        _run_parity(cfg, n)
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")])
+def test_step_parity_over_the_full_1000_step_chain(cfg):
+    _run_parity(cfg, None, batch=1, channels=1, size=2)
+
+
+def test_add_noise_velocity_and_tables_match_ddpm_scheduler():
+    for schedule in SCHEDULES:
+        theirs, ours = _pair(beta_schedule=schedule)
+        torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(ours.betas, theirs.betas, rtol=1e-5, atol=1e-8)
+        x0 = torch.randn(8, 3, 4, 4)
+        noise = torch.randn_like(x0)
+        t = torch.tensor([0, 1, 10, 100, 500, 900, 998, 999])
+        torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours.get_velocity(x0, noise, t), theirs.get_velocity(x0, noise, t), rtol=1e-5, atol=1e-5
+        )
+    _, ours = _pair()
+    for t in (0, 5, 999):
+        assert ours.previous_timestep(t) == t - 1
+    ours.set_timesteps(10)
+    assert ours.previous_timestep(900) == 800 and ours.previous_timestep(0) == -1
+
+
+def _tiny_unet(out_channels=3):
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=out_channels,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
+
+
+def test_stock_ddpm_pipeline_gives_the_same_seeded_images_with_either_scheduler():
+    unet = _tiny_unet()
+    cfg = dict(num_train_timesteps=100, beta_end=0.2)
+    images = []
+    for cls in (DDPMScheduler, DDPMExtScheduler):
+        pipe = DDPMPipeline(unet=unet, scheduler=cls(**cfg))
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=20, output_type="np")
+        images.append(out.images)
+    np.testing.assert_allclose(images[1], images[0], atol=1e-5)
+
+
+# ---------------------------------------------------------------- deliberate differences from DDPMScheduler
+def test_fixed_large_log_samples_from_n_mean_beta_where_ddpm_scheduler_gives_nan():
+    theirs, ours = _pair(variance_type="fixed_large_log", num_train_timesteps=10, beta_end=0.2, clip_sample=False)
+    x = torch.zeros(1, 1, 200, 200)
+    out = torch.zeros_like(x)
+    t = 5
+    assert torch.isnan(theirs.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample).all()
+    prev = ours.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    mean = ours.step(out, t, x, eta=0.0).prev_sample  # zero model output: mean is the same deterministic point
+    beta = float(ours._tables64["betas"][t])
+    assert torch.isfinite(prev).all()
+    resid = (prev - mean).flatten().double()
+    n = resid.numel()
+    # sample variance of N(0, β): relative standard error √(2/n)
+    assert abs(resid.var().item() / beta - 1) < 5 * math.sqrt(2 / n)
+
+
+def test_learned_variance_is_a_log_variance_where_ddpm_scheduler_takes_its_square_root():
+    theirs, ours = _pair(variance_type="learned", num_train_timesteps=10, beta_end=0.2, clip_sample=False)
+    x = torch.zeros(1, 1, 200, 200)
+    log_var = torch.full_like(x, math.log(0.05))
+    out = torch.cat([torch.zeros_like(x), log_var], dim=1)
+    assert torch.isnan(theirs.step(out, 5, x, generator=torch.Generator().manual_seed(0)).prev_sample).all()
+    prev = ours.step(out, 5, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    mean = ours.step(out, 5, x, eta=0.0).prev_sample
+    resid = (prev - mean).flatten().double()
+    assert abs(resid.var().item() / 0.05 - 1) < 5 * math.sqrt(2 / resid.numel())
+
+
+# ---------------------------------------------------------------- the math against independent computations
+def test_forward_chain_matches_closed_form_q_xt_given_x0():
+    sched = DDPMExtScheduler()
+    betas = sched._tables64["betas"]
+    n = 40_000
+    g = torch.Generator().manual_seed(0)
+    # a non-Gaussian x_0: a two-point mixture with unequal weights, plus a little uniform jitter
+    x0 = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < 0.3, 1.0, -0.6)
+    x0 = x0 + 0.1 * torch.rand(n, generator=g, dtype=torch.float64)
+    x = x0.clone()
+    checkpoints = {10, 100, 400, 999}
+    for t in range(1000):
+        # DDPM eq. 2: q(x_t | x_{t-1}) = N(√(1-β_t) x_{t-1}, β_t)
+        x = math.sqrt(1 - betas[t]) * x + math.sqrt(betas[t]) * torch.randn(n, generator=g, dtype=torch.float64)
+        if t in checkpoints:
+            a = float(sched._tables64["alphas_cumprod"][t])
+            closed = math.sqrt(a) * x0 + math.sqrt(1 - a) * torch.randn(n, generator=g, dtype=torch.float64)
+            # moments against the closed form's exact moments, with 5-standard-error tolerances
+            m_exact = math.sqrt(a) * x0.mean().item()
+            v_exact = a * x0.var().item() + (1 - a)
+            sd = math.sqrt(v_exact)
+            assert abs(x.mean().item() - m_exact) < 5 * sd / math.sqrt(n)
+            assert abs(x.var().item() / v_exact - 1) < 5 * math.sqrt(2 / n) + 0.01 * (t == 10)
+            # and a two-sample KS test against samples drawn from the closed form
+            assert stats.ks_2samp(x.numpy(), closed.numpy()).pvalue > 1e-3
+
+
+def test_q_posterior_matches_bayes_rule_in_float64():
+    sched = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2")
+    b = sched._tables64["betas"]
+    ac = np.cumprod(1 - b)
+    t = torch.tensor([1, 2, 50, 500, 998, 999])
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 1, 3, 3, generator=g, dtype=torch.float64)
+    xt = torch.randn(6, 1, 3, 3, generator=g, dtype=torch.float64)
+    mean, var, _ = sched.q_posterior(x0, xt, t)
+    for i, ti in enumerate(t.tolist()):
+        # product of q(x_t | x_{t-1}) = N(√α_t x_{t-1}, β_t) and q(x_{t-1} | x_0) = N(√ᾱ_{t-1} x_0, 1 - ᾱ_{t-1})
+        alpha, prev = 1 - b[ti], ac[ti - 1]
+        precision = alpha / b[ti] + 1 / (1 - prev)
+        m = (math.sqrt(alpha) / b[ti] * xt[i] + math.sqrt(prev) / (1 - prev) * x0[i]) / precision
+        torch.testing.assert_close(mean[i], m, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(var[i], torch.full_like(var[i], 1 / precision), rtol=1e-10, atol=0)
+
+
+def test_posterior_variance_at_t1_is_float64_accurate():
+    sched = DDPMExtScheduler()
+    b = np.linspace(1e-4, 0.02, 1000)
+    ac = np.cumprod(1 - b)
+    exact = b[1] * (1 - ac[0]) / (1 - ac[1])
+    assert abs(sched.posterior_variance[1].item() / exact - 1) < 1e-6  # float32 storage rounding only
+    assert abs(sched._tables64["posterior_variance"][1] / exact - 1) < 1e-12
+
+
+def test_cosine_schedule_follows_iddpm_eq17():
+    T = 1000
+    sched = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=T)
+    f = lambda t: math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    ac = sched._tables64["alphas_cumprod"]
+    betas = sched._tables64["betas"]
+    clipped = np.flatnonzero(betas >= 0.999)
+    assert clipped.tolist() == [T - 1]  # only the last β reaches the 0.999 cap
+    for t in (1, 10, 100, 500, 900, 998):
+        assert abs(ac[t - 1] - f(t) / f(0)) < 1e-12  # ᾱ_t = f(t)/f(0), paper's t = index + 1
+    assert betas.max() == pytest.approx(0.999)
+
+
+def test_linear_schedule_terminal_alpha_bar_and_zero_snr_rescale():
+    assert DDPMExtScheduler().alphas_cumprod[-1].item() == pytest.approx(4.04e-5, rel=2e-3)
+    zsnr = DDPMExtScheduler(rescale_betas_zero_snr=True)
+    assert zsnr._tables64["alphas_cumprod"][-1] == 0.0
+    assert zsnr._tables64["alphas_cumprod"][0] == pytest.approx(1 - 1e-4, rel=1e-12)
+
+
+def test_ddim_eta0_is_deterministic_and_eta1_equals_the_ancestral_step():
+    for spacing, n in (("leading", None), ("trailing", 20)):
+        sched = DDPMExtScheduler(timestep_spacing=spacing)
+        if n:
+            sched.set_timesteps(n)
+        x = torch.randn(2, 3, 4, 4)
+        for t in sched.timesteps[:-1][:: max(1, len(sched.timesteps) // 7)]:
+            out = torch.randn_like(x)
+            a = sched.step(out, t, x, eta=0.0, generator=torch.Generator().manual_seed(0)).prev_sample
+            b = sched.step(out, t, x, eta=0.0, generator=torch.Generator().manual_seed(1)).prev_sample
+            assert torch.equal(a, b)
+            # η = 1: the same Gaussian as the ancestral step (mean and σ² = β̃), so the same draw lands equally
+            ddim = sched.step(out, t, x, eta=1.0, generator=torch.Generator().manual_seed(5)).prev_sample
+            ddpm = sched.step(out, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
+            torch.testing.assert_close(ddim, ddpm, rtol=1e-4, atol=1e-5)
+
+
+def test_p_mean_variance_for_every_variance_type_against_float64_formulas():
+    T = 50
+    b = np.linspace(1e-3, 0.2, T)
+    ac = np.cumprod(1 - b)
+    acp = np.append(1.0, ac[:-1])
+    post_var = b * (1 - acp) / (1 - ac)
+    post_log_clipped = np.log(np.append(post_var[1], post_var[1:]))
+    g = torch.Generator().manual_seed(0)
+    xt = torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64)
+    v = torch.rand(4, 2, 3, 3, generator=g, dtype=torch.float64) * 2 - 1
+    t = torch.tensor([0, 1, 17, 49])
+    expected_log_var = {
+        "fixed_small": lambda i: torch.full_like(xt[0], post_log_clipped[i]),
+        "fixed_large": lambda i: torch.full_like(xt[0], math.log(post_var[1] if i == 0 else b[i])),
+        "learned": lambda i: v[k],
+        "learned_range": lambda i: (v[k] + 1) / 2 * math.log(b[i]) + (1 - (v[k] + 1) / 2) * post_log_clipped[i],
+    }
+    for variance_type, log_var_fn in expected_log_var.items():
+        sched = DDPMExtScheduler(
+            num_train_timesteps=T, beta_start=1e-3, beta_end=0.2, variance_type=variance_type, clip_sample=False
+        )
+        out = torch.cat([eps, v], 1) if variance_type.startswith("learned") else eps
+        mean, var, log_var, x0 = sched.p_mean_variance(out, xt, t)
+        for k, i in enumerate(t.tolist()):
+            x0_ref = (xt[k] - math.sqrt(1 - ac[i]) * eps[k]) / math.sqrt(ac[i])
+            mean_ref = b[i] * math.sqrt(acp[i]) / (1 - ac[i]) * x0_ref + (1 - acp[i]) * math.sqrt(1 - b[i]) / (
+                1 - ac[i]
+            ) * xt[k]
+            torch.testing.assert_close(x0[k], x0_ref, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(mean[k], mean_ref, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(log_var[k], log_var_fn(i), rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(var[k], log_var_fn(i).exp(), rtol=1e-10, atol=1e-12)
+
+
+def test_batched_timesteps_equal_per_sample_calls():
+    sched = DDPMExtScheduler(variance_type="learned_range", prediction_type="v_prediction")
+    xt = torch.randn(3, 2, 4, 4)
+    out = torch.randn(3, 4, 4, 4)
+    t = torch.tensor([3, 400, 999])
+    batched = sched.p_mean_variance(out, xt, t)
+    for k in range(3):
+        single = sched.p_mean_variance(out[k : k + 1], xt[k : k + 1], int(t[k]))
+        for a, s in zip(batched, single):
+            torch.testing.assert_close(a[k : k + 1], s)
+
+
+def test_prediction_types_agree_on_x0_when_given_consistent_targets():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(2, 1, 4, 4, generator=g)
+    t = torch.tensor([30, 700])
+    preds = {}
+    for prediction in PREDICTIONS:
+        sched = DDPMExtScheduler(prediction_type=prediction, clip_sample=False)
+        xt = sched.add_noise(x0, noise, t)
+        target = {"epsilon": noise, "sample": x0, "v_prediction": sched.get_velocity(x0, noise, t)}[prediction]
+        preds[prediction] = sched.p_mean_variance(target, xt, t)[3]
+        torch.testing.assert_close(preds[prediction], x0, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- errors name the key and the allowed values
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(beta_schedule="cosine"), "beta_schedule='cosine'.*linear"),
+        (dict(variance_type="small"), "variance_type='small'.*fixed_small"),
+        (dict(prediction_type="eps"), "prediction_type='eps'.*epsilon"),
+        (dict(timestep_spacing="uniform"), "timestep_spacing='uniform'.*leading"),
+        (dict(beta_start=0.0), r"\(0, 1\)"),
+        (dict(beta_end=1.5), r"\(0, 1\)"),
+        (dict(beta_start=0.02, beta_end=0.01), "beta_end=0.01 must be greater than beta_start=0.02"),
+        (dict(beta_start=0.02, beta_end=0.02), "must be greater"),
+        (dict(trained_betas=[0.1] * 10), "trained_betas has 10 values but num_train_timesteps=1000"),
+        (dict(num_train_timesteps=3, trained_betas=[0.1, 1.0, 0.2]), r"beta\[1\]=1.0.*\(0, 1\)"),
+        (dict(num_train_timesteps=0), "num_train_timesteps"),
+    ],
+)
+def test_bad_config_raises_value_error_naming_the_key(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DDPMExtScheduler(**kwargs)
+
+
+def test_bad_runtime_inputs_raise_value_errors():
+    sched = DDPMExtScheduler()
+    for n in (0, 1001, -3):
+        with pytest.raises(ValueError, match=r"num_inference_steps must be in \[1, 1000\]"):
+            sched.set_timesteps(n)
+    sched.set_timesteps(10)
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="timestep 5 is not in the scheduler's current timesteps"):
+        sched.step(torch.zeros_like(x), 5, x)
+    with pytest.raises(ValueError, match="model output has 6 channels but variance_type='fixed_small' needs 3"):
+        sched.step(torch.zeros(1, 6, 4, 4), 900, x)
+    learned = DDPMExtScheduler(variance_type="learned_range")
+    with pytest.raises(ValueError, match="model output has 3 channels but variance_type='learned_range' needs 6"):
+        learned.step(torch.zeros_like(x), 999, x)
+    with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 1000\)"):
+        sched.add_noise(x, x, torch.tensor([1000]))
+    with pytest.raises(ValueError, match="strictly descending"):
+        sched.set_timesteps(timesteps=[10, 20])

@@ -1,7 +1,8 @@
 """ddpm-ext: DDPM and Improved-DDPM for Hugging Face diffusers."""
 
-from .schedulers import DDPMExtScheduler
+from .pipelines import BitsPerDimOutput, DDPMExtPipeline
+from .schedulers import DDPMExtScheduler, DDPMExtSchedulerOutput
 
 __version__ = "0.1.0"
 
-__all__ = ["DDPMExtScheduler", "__version__"]
+__all__ = ["BitsPerDimOutput", "DDPMExtPipeline", "DDPMExtScheduler", "DDPMExtSchedulerOutput", "__version__"]

@@ -1,0 +1,488 @@
+# Copyright 2026 The ddpm-ext authors. Apache-2.0.
+"""DDPMExtPipeline: sampling and the bits/dim likelihood of a DDPM / Improved-DDPM UNet.
+
+Self-contained on purpose (torch, numpy and diffusers only): `save_pretrained` copies this file into the saved
+folder, where `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` loads it without ddpm-ext installed.
+It reaches the scheduler only through `self.scheduler`, never by importing it.
+"""
+
+import inspect
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import diffusers
+import numpy as np
+import torch
+from diffusers import DDPMPipeline, UNet2DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.dynamic_modules_utils import get_class_from_dynamic_module
+from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import create_repo, snapshot_download
+
+PIPELINE_MODULE = "pipeline_ddpm_ext"
+SCHEDULER_MODULE = "scheduling_ddpm_ext"
+OUTPUT_TYPES = ("pil", "np", "pt")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+@dataclass
+class BitsPerDimOutput(BaseOutput):
+    """
+    Per-image negative log-likelihood bound, in bits per dimension (DDPM eq. 5).
+
+    Args:
+        bits_per_dim (`torch.Tensor` [B]): the whole bound: prior + every KL term + decoder.
+        prior_bpd (`torch.Tensor` [B]): L_T = KL(q(x_T | x_0) ‖ N(0, I)).
+        vb_terms_bpd (`torch.Tensor` [B, T]): L_{t-1} per timestep index t (column 0 is the decoder's L_0).
+        decoder_bpd (`torch.Tensor` [B]): L_0, the discretized decoder's negative log-likelihood.
+    """
+
+    bits_per_dim: torch.Tensor
+    prior_bpd: torch.Tensor
+    vb_terms_bpd: torch.Tensor
+    decoder_bpd: torch.Tensor
+
+
+class DDPMExtPipeline(DDPMPipeline):
+    """
+    Unconditional image generation with a DDPM / Improved-DDPM `UNet2DModel`, plus the model's likelihood.
+
+    Args:
+        unet ([`UNet2DModel`]): the denoiser; with a learned variance type it has twice the image's channels.
+        scheduler ([`SchedulerMixin`]): a `DDPMExtScheduler` (any diffusers scheduler samples too; the likelihood
+            needs `DDPMExtScheduler`).
+    """
+
+    _callback_tensor_inputs = ["image", "model_output"]
+    # set by the installed package to its DDPMExtScheduler, so loading runs no remote code; None in saved copies
+    _default_scheduler_class = None
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+        _check_channels(unet, scheduler)
+        super().__init__(unet=unet, scheduler=scheduler)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        num_inference_steps: int = 1000,
+        output_type: Optional[str] = "pil",
+        return_dict: bool = True,
+        eta: Optional[float] = None,
+        callback_on_step_end: Optional[Union[Callable, PipelineCallback, MultiPipelineCallbacks]] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ["image"],
+    ) -> Union[ImagePipelineOutput, Tuple]:
+        """
+        Generate images by running the reverse process from x_T ~ N(0, I).
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): a list of `batch_size` generators
+                gives each image its own stream, so image i is the same whatever the batch size.
+            num_inference_steps (`int`, defaults to 1000): reverse steps, respaced over the training chain.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (a [B, C, H, W] tensor in [0, 1]).
+            return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` instead of a tuple.
+            eta (`float`, *optional*): `None` takes ancestral DDPM steps; a number takes DDIM steps with that η
+                (0 deterministic, 1 ancestral).
+            callback_on_step_end (`Callable`, *optional*): called as `fn(pipe, i, t, callback_kwargs)` after each
+                step; may return a dict that replaces the named tensors (e.g. `{"image": ...}`).
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["image"]`): the tensors passed in
+                `callback_kwargs`; allowed: `image`, `model_output`.
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        self._check_call_inputs(
+            batch_size, generator, num_inference_steps, output_type, eta, callback_on_step_end_tensor_inputs
+        )
+        channels = self.unet.config.in_channels
+        size = self.unet.config.sample_size
+        shape = (batch_size, channels, size, size) if isinstance(size, int) else (batch_size, channels, *size)
+        device = self._execution_device
+        dtype = self.unet.dtype
+
+        self.scheduler.set_timesteps(num_inference_steps)
+        timesteps = [int(t) for t in self.scheduler.timesteps]
+        # one host-to-device copy for the whole loop; the scheduler gets plain ints (no per-step host sync)
+        timesteps_device = torch.tensor(timesteps, device=device, dtype=torch.long)
+        pass_full_output = getattr(self.scheduler.config, "variance_type", None) in LEARNED_VARIANCE_TYPES
+        step_kwargs = {"generator": generator}
+        if eta is not None:
+            step_kwargs["eta"] = eta
+
+        image = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_output = self.unet(image, timesteps_device[i]).sample
+            if model_output.shape[1] != channels and not pass_full_output:
+                model_output = model_output[:, :channels]  # a scheduler without learned variance: drop it
+            image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                local = {"image": image, "model_output": model_output}
+                callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                returned = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                image = returned.get("image", image)
+
+        image = (image.float() / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    def _check_call_inputs(
+        self, batch_size, generator, num_inference_steps, output_type, eta, tensor_inputs
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"got a list of {len(generator)} generators for batch_size={batch_size}; pass one per image or a"
+                " single generator"
+            )
+        T = self.scheduler.config.num_train_timesteps
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int)
+            or not 1 <= num_inference_steps <= T
+        ):
+            raise ValueError(f"num_inference_steps must be an integer in [1, {T}], got {num_inference_steps!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r} is not supported; allowed: {', '.join(OUTPUT_TYPES)}")
+        if eta is not None:
+            if eta < 0:
+                raise ValueError(f"eta must be >= 0, got {eta}")
+            if "eta" not in inspect.signature(self.scheduler.step).parameters:
+                raise ValueError(f"eta={eta} needs a scheduler whose step takes eta; {type(self.scheduler).__name__} does not")
+        unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {unknown} not allowed; allowed: {self._callback_tensor_inputs}"
+            )
+
+    # ------------------------------------------------------------------ likelihood
+    @torch.no_grad()
+    def bits_per_dim(
+        self,
+        images: Union[torch.Tensor, Any, List[Any]],
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        timestep_batch_size: int = 1,
+        batch_size: Optional[int] = None,
+        return_terms: bool = False,
+        clip_denoised: Optional[bool] = None,
+    ) -> Union[torch.Tensor, BitsPerDimOutput]:
+        """
+        Each image's negative log-likelihood bound in bits per dimension: L_T + Σ_{t>1} L_{t-1} + L_0 (DDPM eq. 5),
+        the figure the DDPM and IDDPM papers report. One Monte-Carlo draw of x_t ~ q(x_t | x_0) per term.
+
+        Args:
+            images: a float tensor [B, C, H, W] in [-1, 1] on the 256-level grid, a uint8 tensor [B, C, H, W], or
+                PIL images.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): source of the forward noise.
+            timestep_batch_size (`int`, defaults to 1): timesteps evaluated per network call (faster for small B).
+            batch_size (`int`, *optional*): images per network call; defaults to all of them.
+            return_terms (`bool`, defaults to `False`): return a [`BitsPerDimOutput`] with the per-term breakdown.
+            clip_denoised (`bool`, *optional*): clip x̂_0; defaults to the scheduler's config.
+
+        Returns:
+            `torch.Tensor` [B] of bits/dim, or [`BitsPerDimOutput`] when `return_terms`.
+        """
+        scheduler = self.scheduler
+        if not hasattr(scheduler, "vb_terms_bpd"):
+            raise ValueError(
+                f"bits_per_dim needs a DDPMExtScheduler, got {type(scheduler).__name__}; load one with"
+                " DDPMExtScheduler.from_config(pipe.scheduler.config)"
+            )
+        if isinstance(timestep_batch_size, bool) or not isinstance(timestep_batch_size, int) or timestep_batch_size < 1:
+            raise ValueError(f"timestep_batch_size must be an integer >= 1, got {timestep_batch_size!r}")
+        device = self._execution_device
+        x0 = self._images_to_model_range(images).to(device)
+        n = x0.shape[0]
+        if isinstance(generator, list) and len(generator) != n:
+            raise ValueError(f"got {len(generator)} generators for {n} images; pass one per image or one in all")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = batch_size or n
+        T = scheduler.config.num_train_timesteps
+        dtype = self.unet.dtype
+
+        vb = torch.zeros(n, T, device=device, dtype=torch.float32)
+        # descending timesteps in chunks of timestep_batch_size: [T-1, T-2, ...], ...
+        chunks = [[T - 1 - i for i in range(s, min(s + timestep_batch_size, T))] for s in range(0, T, timestep_batch_size)]
+        progress = self.progress_bar(total=len(chunks) * math.ceil(n / batch_size))
+        for ts in chunks:
+            k = len(ts)
+            # forward noise drawn one timestep at a time, so timestep_batch_size changes speed, not the numbers
+            noise = torch.stack(
+                [randn_tensor(tuple(x0.shape), generator=generator, device=device, dtype=torch.float32) for _ in ts],
+                dim=1,
+            )
+            for s in range(0, n, batch_size):
+                e = min(s + batch_size, n)
+                b = e - s
+                x0_b = x0[s:e].unsqueeze(1).expand(b, k, *x0.shape[1:]).reshape(b * k, *x0.shape[1:])
+                t_b = torch.tensor(ts, device=device).repeat(b)
+                x_t = scheduler.add_noise(x0_b, noise[s:e].reshape(b * k, *x0.shape[1:]), t_b)
+                model_output = self.unet(x_t.to(dtype), t_b).sample
+                terms = scheduler.vb_terms_bpd(model_output, x0_b, x_t, t_b, clip_denoised=clip_denoised)["output"]
+                vb[s:e, ts] = terms.reshape(b, k).float()
+                progress.update()
+        progress.close()
+        prior = scheduler.prior_bpd(x0).float()
+        total = prior + vb.sum(dim=1)
+        if not return_terms:
+            return total
+        return BitsPerDimOutput(bits_per_dim=total, prior_bpd=prior, vb_terms_bpd=vb, decoder_bpd=vb[:, 0])
+
+    def _images_to_model_range(self, images) -> torch.Tensor:
+        """Images as float32 [B, C, H, W] in [-1, 1] on the 256-level grid; anything else is a ValueError."""
+        channels = self.unet.config.in_channels
+        if not isinstance(images, torch.Tensor):
+            pil = images if isinstance(images, (list, tuple)) else [images]
+            if not pil or not all(hasattr(im, "convert") and hasattr(im, "size") for im in pil):
+                raise ValueError(
+                    f"images must be a torch.Tensor or PIL images, got {type(images).__name__}"
+                    + (f" of {type(pil[0]).__name__}" if isinstance(images, (list, tuple)) and pil else "")
+                )
+            mode = {1: "L", 3: "RGB"}.get(channels)
+            if mode is None:
+                raise ValueError(f"PIL input needs a 1- or 3-channel model, this UNet has {channels} channels")
+            arrays = [np.asarray(im.convert(mode), dtype=np.uint8) for im in pil]
+            if len({a.shape for a in arrays}) != 1:
+                raise ValueError(f"PIL images differ in size: {sorted({a.shape for a in arrays})}")
+            stacked = np.stack(arrays)
+            stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+            images = torch.from_numpy(stacked.copy())
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape [B, C, H, W], got {tuple(images.shape)}")
+        if images.shape[1] != channels:
+            raise ValueError(f"images have {images.shape[1]} channels but the UNet takes {channels}")
+        size = self.unet.config.sample_size
+        expected = (size, size) if isinstance(size, int) else tuple(size)
+        if tuple(images.shape[2:]) != expected:
+            raise ValueError(f"images are {tuple(images.shape[2:])} but the UNet was trained at {expected}")
+        if images.dtype == torch.uint8:
+            return images.float() / 127.5 - 1.0
+        if not images.is_floating_point():
+            raise ValueError(f"images must be uint8 or float, got {images.dtype}")
+        x = images.float()
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
+            raise ValueError(f"float images must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
+        levels = (x + 1.0) * 127.5
+        off = float((levels - levels.round()).abs().max())
+        if off > 1e-3:
+            raise ValueError(
+                f"float images must lie on the 256-level grid k/127.5 - 1 (k = 0..255); some values are {off:.3g}"
+                " levels off it. Quantize first: ((x + 1) * 127.5).round() / 127.5 - 1"
+            )
+        return levels.round() / 127.5 - 1.0
+
+    # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(
+        self,
+        save_directory: Union[str, os.PathLike],
+        safe_serialization: bool = True,
+        variant: Optional[str] = None,
+        max_shard_size: Optional[Union[int, str]] = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ) -> None:
+        """
+        Save a self-contained folder: the UNet (safetensors), the scheduler config, this module as
+        `pipeline_ddpm_ext.py`, the scheduler's module as `scheduler/scheduling_ddpm_ext.py`, and a
+        `model_index.json` naming them as `[module, class]`, so `DiffusionPipeline.from_pretrained(folder,
+        trust_remote_code=True)` works without ddpm-ext and `DDPMExtPipeline.from_pretrained(folder)` with it.
+        Takes the arguments of `DiffusionPipeline.save_pretrained`.
+        """
+        super().save_pretrained(
+            save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size
+        )
+        write_remote_code_layout(self, save_directory)
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", str(save_directory).rstrip(os.sep).split(os.sep)[-1])
+            repo_id = create_repo(
+                repo_id, exist_ok=True, private=kwargs.pop("private", None), token=kwargs.get("token")
+            ).repo_id
+            self._upload_folder(
+                save_directory,
+                repo_id,
+                token=kwargs.get("token"),
+                commit_message=kwargs.get("commit_message"),
+                create_pr=kwargs.get("create_pr", False),
+            )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs) -> "DDPMExtPipeline":
+        """
+        Load a saved ddpm-ext folder or Hub repo, or one in stock diffusers' DDPM layout (its `DDPMScheduler` config
+        is upgraded to `DDPMExtScheduler`). With ddpm-ext installed this runs no code from the folder.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder or a Hub repo id.
+            torch_dtype (`torch.dtype`, *optional*): dtype of the UNet.
+            revision, cache_dir, token, local_files_only, force_download: as in `huggingface_hub.snapshot_download`.
+            variant, use_safetensors: as in `UNet2DModel.from_pretrained`.
+            unet, scheduler (*optional*): components to use instead of the saved ones.
+            trust_remote_code (`bool`, defaults to `False`): needed only without ddpm-ext installed, to run the
+                folder's `scheduling_ddpm_ext.py`.
+        """
+        folder = _resolve_folder(pretrained_model_name_or_path, kwargs)
+        index = _read_model_index(folder)
+        unet = kwargs.pop("unet", None)
+        scheduler = kwargs.pop("scheduler", None)
+        if unet is None:
+            unet = _load_unet(folder, kwargs)
+        if scheduler is None:
+            scheduler = _load_scheduler(folder, index, cls._default_scheduler_class, kwargs.get("trust_remote_code", False))
+        pipe = cls(unet=unet, scheduler=scheduler)
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipe
+
+
+# ---------------------------------------------------------------------- helpers (module level, self-contained)
+def _check_channels(unet, scheduler) -> None:
+    variance_type = getattr(getattr(scheduler, "config", None), "variance_type", None)
+    if unet is None or variance_type is None:
+        return
+    c_in, c_out = unet.config.in_channels, unet.config.out_channels
+    if variance_type in LEARNED_VARIANCE_TYPES and c_out != 2 * c_in:
+        raise ValueError(
+            f"the scheduler's variance_type={variance_type!r} needs a UNet with out_channels = 2 × in_channels"
+            f" = {2 * c_in}, this UNet has out_channels={c_out}"
+        )
+    if variance_type not in LEARNED_VARIANCE_TYPES and c_out != c_in:
+        raise ValueError(
+            f"the UNet has out_channels={c_out} but in_channels={c_in}; variance_type={variance_type!r} needs"
+            f" them equal (use variance_type='learned_range' or 'learned' for a UNet that predicts its variance)"
+        )
+
+
+def write_remote_code_layout(pipe, save_directory: Union[str, os.PathLike]) -> None:
+    """Copy the pipeline's and scheduler's modules into `save_directory` and name them in `model_index.json`."""
+    index_path = os.path.join(save_directory, "model_index.json")
+    with open(index_path, encoding="utf-8") as f:
+        index = json.load(f)
+    pipeline_source = inspect.getsourcefile(type(pipe))
+    shutil.copyfile(pipeline_source, os.path.join(save_directory, PIPELINE_MODULE + ".py"))
+    index["_class_name"] = [PIPELINE_MODULE, type(pipe).__name__]
+    scheduler = pipe.scheduler
+    if hasattr(scheduler, "vb_terms_bpd"):  # ours (installed or a remote-code copy): ship its module
+        scheduler_source = inspect.getsourcefile(type(scheduler))
+        shutil.copyfile(scheduler_source, os.path.join(save_directory, "scheduler", SCHEDULER_MODULE + ".py"))
+        index["scheduler"] = [SCHEDULER_MODULE, type(scheduler).__name__]
+    else:
+        stale = os.path.join(save_directory, "scheduler", SCHEDULER_MODULE + ".py")
+        if os.path.exists(stale):
+            os.remove(stale)
+        index["scheduler"] = ["diffusers", type(scheduler).__name__]
+    index["unet"] = ["diffusers", "UNet2DModel"]
+    index.pop("_name_or_path", None)
+    tmp = index_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, index_path)
+
+
+def _resolve_folder(name_or_path: Union[str, os.PathLike], kwargs: Dict[str, Any]) -> str:
+    path = str(name_or_path)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise ValueError(f"{path} is a file; pass the saved pipeline's folder or a Hub repo id")
+    return snapshot_download(
+        path,
+        revision=kwargs.pop("revision", None),
+        cache_dir=kwargs.pop("cache_dir", None),
+        token=kwargs.pop("token", None),
+        local_files_only=kwargs.pop("local_files_only", False),
+        force_download=kwargs.pop("force_download", False),
+        allow_patterns=["model_index.json", "*.py", "unet/*", "scheduler/*", "README.md"],
+    )
+
+
+def _read_model_index(folder: str) -> Dict[str, Any]:
+    path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no model_index.json in {folder}: not a saved diffusers pipeline folder")
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt model_index.json at {path}: {e}") from e
+    if not isinstance(index, dict) or "unet" not in index or "scheduler" not in index:
+        raise ValueError(f"model_index.json at {path} must name a 'unet' and a 'scheduler', got {index!r}")
+    return index
+
+
+def _load_unet(folder: str, kwargs: Dict[str, Any]) -> UNet2DModel:
+    unet_dir = os.path.join(folder, "unet")
+    if not os.path.isfile(os.path.join(unet_dir, "config.json")):
+        raise FileNotFoundError(f"missing UNet config: {os.path.join(unet_dir, 'config.json')}")
+    variant = kwargs.get("variant")
+    names = [n.replace(".", f".{variant}.", 1) if variant else n for n in WEIGHT_FILES]
+    if not any(os.path.isfile(os.path.join(unet_dir, n)) for n in names) and not any(
+        f.endswith(".index.json") for f in os.listdir(unet_dir)
+    ):
+        raise FileNotFoundError(f"missing UNet weights in {unet_dir}: expected one of {', '.join(names)}")
+    try:
+        return UNet2DModel.from_pretrained(
+            folder,
+            subfolder="unet",
+            torch_dtype=kwargs.get("torch_dtype"),
+            variant=variant,
+            use_safetensors=kwargs.get("use_safetensors"),
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"could not load the UNet from {unet_dir} (corrupt or mismatched weights?): {e}") from e
+    except Exception as e:  # safetensors raises its own SafetensorError for a corrupt header
+        if type(e).__name__ == "SafetensorError":
+            raise ValueError(f"corrupt UNet weights in {unet_dir}: {e}") from e
+        raise
+
+
+def _load_scheduler(folder: str, index: Dict[str, Any], installed_class, trust_remote_code: bool):
+    config_path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"missing scheduler config: {config_path}")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt scheduler config at {config_path}: {e}") from e
+    library, class_name = index["scheduler"]
+    ours = class_name in ("DDPMExtScheduler", "DDPMScheduler")
+    if ours:
+        if installed_class is None:
+            module_file = os.path.join(folder, "scheduler", SCHEDULER_MODULE + ".py")
+            if not os.path.isfile(module_file):
+                raise FileNotFoundError(
+                    f"{module_file} is missing and ddpm-ext is not installed: `pip install ddpm-ext`, or load a folder"
+                    " saved by DDPMExtPipeline.save_pretrained"
+                )
+            installed_class = get_class_from_dynamic_module(
+                os.path.join(folder, "scheduler"),
+                module_file=SCHEDULER_MODULE + ".py",
+                class_name="DDPMExtScheduler",
+                trust_remote_code=trust_remote_code,
+            )
+        return installed_class.from_config(config)
+    scheduler_class = getattr(diffusers, class_name, None)
+    if scheduler_class is None:
+        raise ValueError(f"unknown scheduler class {class_name!r} in model_index.json ({library!r})")
+    return scheduler_class.from_config(config)

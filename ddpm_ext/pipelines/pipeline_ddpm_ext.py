@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -24,7 +25,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.dynamic_modules_utils import get_class_from_dynamic_module
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import create_repo, snapshot_download
+from huggingface_hub import ModelCard, ModelCardData, create_branch, create_repo, snapshot_download, upload_folder
+from huggingface_hub.utils import validate_repo_id
 
 PIPELINE_MODULE = "pipeline_ddpm_ext"
 SCHEDULER_MODULE = "scheduling_ddpm_ext"
@@ -75,7 +77,7 @@ class DDPMExtPipeline(DDPMPipeline):
         self,
         batch_size: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: Optional[int] = None,
         output_type: Optional[str] = "pil",
         return_dict: bool = True,
         eta: Optional[float] = None,
@@ -89,7 +91,8 @@ class DDPMExtPipeline(DDPMPipeline):
             batch_size (`int`, defaults to 1): number of images.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): a list of `batch_size` generators
                 gives each image its own stream, so image i is the same whatever the batch size.
-            num_inference_steps (`int`, defaults to 1000): reverse steps, respaced over the training chain.
+            num_inference_steps (`int`, *optional*): reverse steps, respaced over the training chain; defaults to
+                the whole chain (`num_train_timesteps`, 1000 for DDPM models, as in `DDPMPipeline`).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (a [B, C, H, W] tensor in [0, 1]).
             return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` instead of a tuple.
             eta (`float`, *optional*): `None` takes ancestral DDPM steps; a number takes DDIM steps with that η
@@ -102,6 +105,8 @@ class DDPMExtPipeline(DDPMPipeline):
         Returns:
             [`ImagePipelineOutput`] or `tuple`.
         """
+        if num_inference_steps is None:
+            num_inference_steps = self.scheduler.config.num_train_timesteps
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self._check_call_inputs(
@@ -117,7 +122,7 @@ class DDPMExtPipeline(DDPMPipeline):
         timesteps = [int(t) for t in self.scheduler.timesteps]
         # one host-to-device copy for the whole loop; the scheduler gets plain ints (no per-step host sync)
         timesteps_device = torch.tensor(timesteps, device=device, dtype=torch.long)
-        pass_full_output = getattr(self.scheduler.config, "variance_type", None) in LEARNED_VARIANCE_TYPES
+        pass_full_output = _scheduler_learns_variance(self.scheduler)
         step_kwargs = {"generator": generator}
         if eta is not None:
             step_kwargs["eta"] = eta
@@ -326,6 +331,51 @@ class DDPMExtPipeline(DDPMPipeline):
                 create_pr=kwargs.get("create_pr", False),
             )
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: Optional[str] = None,
+        private: Optional[bool] = None,
+        token: Optional[str] = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: Optional[str] = None,
+        revision: Optional[str] = None,
+        model_card: Optional[str] = None,
+    ) -> str:
+        """
+        Upload the self-contained folder (see `save_pretrained`) and a model card to the Hugging Face Hub.
+
+        Args:
+            repo_id (`str`): `namespace/name`; validated before anything is uploaded.
+            commit_message (`str`, *optional*): defaults to "Upload DDPMExtPipeline".
+            private (`bool`, *optional*): create the repo private (ignored if it exists).
+            token (`str`, *optional*): a Hub token; defaults to the logged-in one.
+            create_pr (`bool`, defaults to `False`): open a pull request instead of committing.
+            safe_serialization (`bool`, defaults to `True`), variant (`str`, *optional*): as in `save_pretrained`.
+            revision (`str`, *optional*): branch to commit to; created if it does not exist.
+            model_card (`str`, *optional*): README.md text; defaults to a card that says how to load the model.
+
+        Returns:
+            `str`: the commit URL.
+        """
+        validate_repo_id(repo_id)
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        if revision is not None and revision != "main":
+            create_branch(repo_id, branch=revision, token=token, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, safe_serialization=safe_serialization, variant=variant)
+            with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+                f.write(model_card if model_card is not None else default_model_card(self, repo_id))
+            return upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                token=token,
+                commit_message=commit_message or f"Upload {type(self).__name__}",
+                create_pr=create_pr,
+                revision=revision,
+            )
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs) -> "DDPMExtPipeline":
         """
@@ -355,10 +405,16 @@ class DDPMExtPipeline(DDPMPipeline):
 
 
 # ---------------------------------------------------------------------- helpers (module level, self-contained)
+def _scheduler_learns_variance(scheduler) -> bool:
+    # a config copied from another scheduler may carry variance_type without the class using it (DDIMScheduler)
+    takes_it = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
+    return takes_it and getattr(scheduler.config, "variance_type", None) in LEARNED_VARIANCE_TYPES
+
+
 def _check_channels(unet, scheduler) -> None:
-    variance_type = getattr(getattr(scheduler, "config", None), "variance_type", None)
-    if unet is None or variance_type is None:
+    if unet is None or scheduler is None or "variance_type" not in inspect.signature(type(scheduler).__init__).parameters:
         return
+    variance_type = scheduler.config.variance_type
     c_in, c_out = unet.config.in_channels, unet.config.out_channels
     if variance_type in LEARNED_VARIANCE_TYPES and c_out != 2 * c_in:
         raise ValueError(
@@ -370,6 +426,51 @@ def _check_channels(unet, scheduler) -> None:
             f"the UNet has out_channels={c_out} but in_channels={c_in}; variance_type={variance_type!r} needs"
             f" them equal (use variance_type='learned_range' or 'learned' for a UNet that predicts its variance)"
         )
+
+
+def default_model_card(pipe, repo_id: str, extra_text: str = "", **metadata) -> str:
+    """A model card (README.md) for a saved DDPMExtPipeline: metadata for the Hub and how to load it both ways."""
+    sched = pipe.scheduler.config
+    tags = ["ddpm-ext", "diffusers", "unconditional-image-generation", "ddpm"] + list(metadata.pop("tags", []))
+    data = ModelCardData(library_name="diffusers", pipeline_tag="unconditional-image-generation", tags=tags, **metadata)
+    size = pipe.unet.config.sample_size
+    lines = [
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"A denoising diffusion probabilistic model ({pipe.unet.config.in_channels}-channel {size}×{size} images),"
+        " saved by [ddpm-ext](https://pypi.org/project/ddpm-ext/) as a self-contained diffusers pipeline.",
+        "",
+        "| scheduler setting | value |",
+        "| --- | --- |",
+    ]
+    for key in ("num_train_timesteps", "beta_schedule", "prediction_type", "variance_type", "clip_sample"):
+        lines.append(f"| {key} | {getattr(sched, key, None)} |")
+    lines += [
+        "",
+        "## Load it",
+        "",
+        "With ddpm-ext installed (runs no code from this repository):",
+        "",
+        "```python",
+        "from ddpm_ext import DDPMExtPipeline",
+        "",
+        f'pipe = DDPMExtPipeline.from_pretrained("{repo_id}")',
+        "images = pipe(batch_size=16, num_inference_steps=50).images",
+        "```",
+        "",
+        "With plain diffusers (runs this repository's `pipeline_ddpm_ext.py` and `scheduler/scheduling_ddpm_ext.py`):",
+        "",
+        "```python",
+        "from diffusers import DiffusionPipeline",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)',
+        "```",
+        "",
+        "Likelihood: `pipe.bits_per_dim(images)` gives each image's negative log-likelihood bound in bits/dim.",
+    ]
+    if extra_text:
+        lines += ["", extra_text.strip()]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
 
 
 def write_remote_code_layout(pipe, save_directory: Union[str, os.PathLike]) -> None:

@@ -15,6 +15,7 @@ supplies the feature extractors and the input handling. Every extractor is an `n
 """
 
 import importlib.util
+import math
 import os
 import warnings
 from typing import Any, List, Optional, Sequence, Union
@@ -448,3 +449,138 @@ def frechet_distance(
         for start in range(0, len(images), batch_size):
             metric.update(images[start : start + batch_size], real=is_real)
     return float(metric.compute())
+
+
+# ---------------------------------------------------------------------- evaluating a pipeline
+def reference_digits(resolution: int, channels: int = 1, split: str = "all", seed: int = 0) -> torch.Tensor:
+    """The embedded digits as uint8 `[N, C, H, W]` at `resolution`, preprocessed as training sees them.
+
+    Args:
+        resolution (`int`): image size.
+        channels (`int`, defaults to 1): 1 or 3.
+        split (`str`, defaults to "all"): "all" (1,797 images), "train" or "test" (the held-out 10 % split used by
+            training, `split_indices(1797, 0.1, seed)`).
+        seed (`int`, defaults to 0): the split's seed.
+    """
+    from .data import load_digits_dataset, pretensorize
+
+    if split not in ("all", "train", "test"):
+        raise ValueError(f"split={split!r} is not supported; allowed: all, train, test")
+    images = pretensorize(load_digits_dataset(), resolution, channels)
+    if split == "all":
+        return images
+    train_idx, test_idx = split_indices(len(images), 0.1, seed)
+    return images[torch.from_numpy(train_idx if split == "train" else test_idx)]
+
+
+def sample_images(
+    pipe, num_samples: int, steps: int, batch_size: int = 64, seed: int = 0, eta: Optional[float] = None
+) -> torch.Tensor:
+    """`num_samples` images in [0, 1] `[N, C, H, W]`; image i uses generator seed `seed + i`, so any batch size
+    gives the same images."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r} must be >= 1")
+    out = []
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
+        out.append(pipe(batch_size=n, generator=generators, num_inference_steps=steps, eta=eta, output_type="pt").images.cpu())
+    return torch.cat(out)
+
+
+def evaluate_pipeline(
+    pipe,
+    real: torch.Tensor,
+    steps: Sequence[int],
+    num_samples: int,
+    features: Union[str, nn.Module] = "digits",
+    batch_size: int = 64,
+    seed: int = 0,
+    eta: Optional[float] = None,
+    nll_images: Optional[torch.Tensor] = None,
+    nll_timestep_batch_size: int = 8,
+) -> dict:
+    """Sample quality at each step count (Fréchet distance against `real`, with sampling time) and, optionally,
+    the bits/dim bound on `nll_images`.
+
+    Args:
+        pipe (`DDPMExtPipeline`): the model.
+        real (`torch.Tensor`): reference images, uint8 `[N, C, H, W]`.
+        steps (`Sequence[int]`): numbers of sampling steps to evaluate.
+        num_samples (`int`): generated images per step count.
+        features (`str` or `nn.Module`, defaults to "digits"): see `get_feature_extractor`.
+        batch_size (`int`, defaults to 64): images per sampling call.
+        seed (`int`, defaults to 0): image i is drawn with seed `seed + i` at every step count.
+        eta (`float`, *optional*): DDIM η; `None` samples ancestrally.
+        nll_images (`torch.Tensor`, *optional*): uint8 images for bits/dim.
+        nll_timestep_batch_size (`int`, defaults to 8): timesteps per network call for bits/dim.
+
+    Returns:
+        `dict`: {"steps": [{"steps", "frechet_distance", "seconds", "seconds_per_image"}...],
+        "bits_per_dim": {"mean", "stderr", "num_images"} or None, and the settings}.
+    """
+    import time
+
+    T = pipe.scheduler.config.num_train_timesteps
+    bad = [s for s in steps if not isinstance(s, int) or not 1 <= s <= T]
+    if bad or not steps:
+        raise ValueError(f"steps must be integers in [1, {T}], got {list(steps)}")
+    metric = build_fid_metric(features)
+    real_unit = images_to_unit_float(real)
+    for start in range(0, len(real_unit), 256):
+        metric.update(real_unit[start : start + 256], real=True)
+    rows = []
+    for s in steps:
+        start = time.perf_counter()
+        fake = sample_images(pipe, num_samples, s, batch_size=batch_size, seed=seed, eta=eta)
+        seconds = time.perf_counter() - start
+        metric.reset()
+        for b in range(0, len(fake), 256):
+            metric.update(fake[b : b + 256], real=False)
+        rows.append(
+            {"steps": s, "frechet_distance": float(metric.compute()), "seconds": seconds, "seconds_per_image": seconds / num_samples}
+        )
+    nll = None
+    if nll_images is not None:
+        bpd = pipe.bits_per_dim(
+            nll_images, generator=torch.Generator().manual_seed(seed), timestep_batch_size=nll_timestep_batch_size
+        )
+        nll = {
+            "mean": float(bpd.mean()),
+            "stderr": float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan"),
+            "num_images": len(bpd),
+        }
+    return {
+        "num_samples": num_samples,
+        "features": features if isinstance(features, str) else type(features).__name__,
+        "eta": eta,
+        "seed": seed,
+        "steps": rows,
+        "bits_per_dim": nll,
+    }
+
+
+def plot_evaluation(results: dict, path: str, title: str = "") -> str:
+    """Fréchet distance (and sampling time) against the number of steps, as a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["steps"] for r in results["steps"]]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(steps, [r["frechet_distance"] for r in results["steps"]], "o-", label="Fréchet distance")
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"Fréchet distance ({results['features']} features)")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["seconds_per_image"] for r in results["steps"]], "s--", color="gray", label="s / image")
+    ax2.set_ylabel("seconds per image")
+    if results.get("bits_per_dim"):
+        title = f"{title}  bits/dim {results['bits_per_dim']['mean']:.3f}".strip()
+    ax.set_title(title)
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -25,7 +25,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.dynamic_modules_utils import get_class_from_dynamic_module
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import ModelCard, ModelCardData, create_branch, create_repo, snapshot_download, upload_folder
+from huggingface_hub import CommitInfo, ModelCardData, create_branch, create_repo, snapshot_download, upload_folder
 from huggingface_hub.utils import validate_repo_id
 
 PIPELINE_MODULE = "pipeline_ddpm_ext"
@@ -342,7 +342,7 @@ class DDPMExtPipeline(DDPMPipeline):
         variant: Optional[str] = None,
         revision: Optional[str] = None,
         model_card: Optional[str] = None,
-    ) -> str:
+    ) -> CommitInfo:
         """
         Upload the self-contained folder (see `save_pretrained`) and a model card to the Hugging Face Hub.
 
@@ -357,7 +357,7 @@ class DDPMExtPipeline(DDPMPipeline):
             model_card (`str`, *optional*): README.md text; defaults to a card that says how to load the model.
 
         Returns:
-            `str`: the commit URL.
+            `huggingface_hub.CommitInfo`: the commit (`.oid`, `.commit_url`).
         """
         validate_repo_id(repo_id)
         repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
@@ -513,7 +513,7 @@ def _resolve_folder(name_or_path: Union[str, os.PathLike], kwargs: Dict[str, Any
         token=kwargs.pop("token", None),
         local_files_only=kwargs.pop("local_files_only", False),
         force_download=kwargs.pop("force_download", False),
-        allow_patterns=["model_index.json", "*.py", "unet/*", "scheduler/*", "README.md"],
+        allow_patterns=["model_index.json", "*.py", "unet/*", "scheduler/*"],
     )
 
 

@@ -389,12 +389,12 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         # v = √ᾱ ε - √(1-ᾱ) x_0  ⇒  x̂_0 = √ᾱ x_t - √(1-ᾱ) v
         return torch.mul(sample, c.sqrt_alpha_prod).sub_(model_output, alpha=c.sqrt_one_minus_alpha_prod)
 
-    def _process_x0(self, pred_original_sample: torch.Tensor) -> torch.Tensor:
+    def _process_x0(self, pred_original_sample: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if self.config.thresholding:
             return self._threshold_sample(pred_original_sample)
         if self.config.clip_sample:
             r = self.config.clip_sample_range
-            return pred_original_sample.clamp(-r, r)
+            return pred_original_sample.clamp_(-r, r) if inplace else pred_original_sample.clamp(-r, r)
         return pred_original_sample
 
     def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
@@ -437,7 +437,9 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         """
         t, c = self._coefficients(timestep)
         model_output, predicted_variance = self._split_model_output(model_output, sample, eta)
-        pred_original_sample = self._process_x0(self._predict_x0(model_output, sample, c))
+        # x̂_0 is a fresh tensor except for prediction_type "sample", where it is the model's own output
+        fresh = self.config.prediction_type != "sample"
+        pred_original_sample = self._process_x0(self._predict_x0(model_output, sample, c), inplace=fresh)
 
         if eta is None:
             # DDPM eq. 7: μ̃_t(x_t, x̂_0)

@@ -1,0 +1,98 @@
+"""Sampling time: DDPMExtPipeline vs stock DDPMPipeline + DDPMScheduler on the same tiny UNet, interleaved.
+
+Also measures the share of each loop spent outside the UNet's forward passes (the loop's own overhead: the
+scheduler step, noise draws, bookkeeping), timed by wrapping the UNet's forward.
+
+    python benchmarks/bench_pipeline.py                       # batch 16, 50 and 1000 steps, 3 repeats
+    python benchmarks/bench_pipeline.py --repeats 5 --threads 2
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
+
+
+def tiny_unet(channels: int, size: int) -> UNet2DModel:
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    ).eval()
+
+
+class ForwardTimer:
+    """Accumulates the wall time spent inside the UNet's forward."""
+
+    def __init__(self, unet: UNet2DModel):
+        self.total = 0.0
+        self._forward = unet.forward
+        unet.forward = self
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self._forward(*args, **kwargs)
+        self.total += time.perf_counter() - start
+        return out
+
+
+def run(pipe, steps: int, batch: int, timer: ForwardTimer, seed: int):
+    timer.total = 0.0
+    start = time.perf_counter()
+    pipe(batch_size=batch, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps, output_type="pt")
+    total = time.perf_counter() - start
+    return total, (total - timer.total) / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--steps", type=int, nargs="+", default=[50, 1000])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    unet_stock, unet_ours = tiny_unet(args.channels, args.size), tiny_unet(args.channels, args.size)
+    stock = DDPMPipeline(unet_stock, DDPMScheduler())
+    ours = DDPMExtPipeline(unet_ours, DDPMExtScheduler())
+    timers = {"stock": ForwardTimer(unet_stock), "ours": ForwardTimer(unet_ours)}
+    for pipe in (stock, ours):
+        pipe.set_progress_bar_config(disable=True)
+    n_params = sum(p.numel() for p in unet_ours.parameters())
+    print(
+        f"# tiny UNet {n_params / 1e3:.0f}k params, {args.channels}×{args.size}×{args.size}, batch {args.batch},"
+        f" threads={args.threads}, {args.repeats} interleaved repeats, medians"
+    )
+    print("| steps | stock s | ddpm-ext s | time ratio (ours/stock) | stock overhead | ddpm-ext overhead |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    with torch.no_grad():
+        run(stock, 5, args.batch, timers["stock"], 0)  # warm-up
+        run(ours, 5, args.batch, timers["ours"], 0)
+        for steps in args.steps:
+            rows = {"stock": [], "ours": []}
+            for r in range(args.repeats):
+                rows["stock"].append(run(stock, steps, args.batch, timers["stock"], r))
+                rows["ours"].append(run(ours, steps, args.batch, timers["ours"], r))
+            ratio = statistics.median(o[0] / s[0] for o, s in zip(rows["ours"], rows["stock"]))
+            med = {k: (statistics.median(v[0] for v in rows[k]), statistics.median(v[1] for v in rows[k])) for k in rows}
+            print(
+                f"| {steps} | {med['stock'][0]:.2f} | {med['ours'][0]:.2f} | {ratio:.3f}× |"
+                f" {med['stock'][1] * 100:.1f} % | {med['ours'][1] * 100:.1f} % |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Training throughput: ddpm-ext's training step vs a stock diffusers loop doing the same work, interleaved.
+
+The stock loop is written the way diffusers' `train_unconditional.py` does it: a `datasets.Dataset` with a
+per-image PIL transform (`set_transform`) behind a shuffled `DataLoader`, everything through
+`accelerator.prepare`, `DDPMScheduler.add_noise`, `UNet2DModel`, MSE loss, `accelerator.accumulate`, gradient
+clipping at 1.0, AdamW (torch's default implementation), diffusers' `EMAModel` (default, no foreach), and
+`loss.detach().item()` + `accelerator.log` every step. ddpm-ext runs `DDPMTrainer` on the same UNet config, batch,
+precision and data (the digits), with logging every `--log_every` steps. Both sides train with EMA.
+
+    python benchmarks/bench_train.py --resolution 16 --batch_size 32 --steps 20 --repeats 5
+
+Prints images/s (median of `--repeats` interleaved timings) and the ratio ddpm-ext / stock.
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+
+from ddpm_ext.data import load_digits_dataset, make_transform
+from ddpm_ext.training import DDPMTrainer, TrainingConfig, unet_config
+
+
+class StockLoop:
+    """train_unconditional.py's per-step work, minus the argument parsing and file output."""
+
+    def __init__(self, args, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.model = UNet2DModel(**unet_config(args.preset, args.resolution, 1))
+        self.ema = EMAModel(self.model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75,
+                            model_cls=UNet2DModel, model_config=self.model.config)
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6,
+                                      eps=1e-8)
+        dataset = load_digits_dataset()
+        dataset.set_transform(make_transform(args.resolution, 1, center_crop=True, random_flip=args.random_flip))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=0,
+                                             drop_last=True)
+        lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=10**6)
+        self.model, self.optimizer, self.loader, self.lr_scheduler = accelerator.prepare(
+            self.model, optimizer, loader, lr_scheduler
+        )
+        self.iterator = iter(self.loader)
+        self.ema.to(accelerator.device)
+
+    def _batch(self):
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.iterator = iter(self.loader)
+            return next(self.iterator)
+
+    def steps(self, n: int) -> None:
+        accelerator = self.accelerator
+        for _ in range(n):
+            batch = self._batch()
+            clean_images = batch["pixel_values"]
+            noise = torch.randn(clean_images.shape, dtype=clean_images.dtype, device=clean_images.device)
+            bsz = clean_images.shape[0]
+            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,),
+                                      device=clean_images.device).long()
+            noisy_images = self.noise_scheduler.add_noise(clean_images, noise, timesteps)
+            with accelerator.accumulate(self.model):
+                model_output = self.model(noisy_images, timesteps).sample
+                loss = F.mse_loss(model_output.float(), noise.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                self.ema.step(self.model.parameters())
+            logs = {"loss": loss.detach().item(), "lr": self.lr_scheduler.get_last_lr()[0],
+                    "step": 0, "ema_decay": self.ema.cur_decay_value}
+            accelerator.log(logs, step=0)
+
+
+class OursLoop:
+    def __init__(self, args, out_dir: str):
+        config = TrainingConfig(
+            output_dir=out_dir, model_preset=args.preset, resolution=args.resolution, train_batch_size=args.batch_size,
+            logger="none", use_ema=True, random_flip=args.random_flip, center_crop=True,
+            use_fused_adam=args.fused_adam, ema_foreach=args.ema_foreach, channels_last=args.channels_last,
+            pretensorize="always" if args.pretensorize else "never", compile=args.compile,
+            logging_steps=args.log_every, mixed_precision=args.mixed_precision,
+        )
+        self.trainer = DDPMTrainer(config).setup()
+
+    def steps(self, n: int) -> None:
+        self.trainer.train_steps(n)  # gathers and fetches the losses every `log_every` steps
+
+
+def _time(loop, steps: int) -> float:
+    start = time.perf_counter()
+    loop.steps(steps)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--resolution", type=int, default=16)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timing")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--fused_adam", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--ema_foreach", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--pretensorize", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--log_every", type=int, default=10, help="ddpm-ext host sync every N steps (1 = every step)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    stock = StockLoop(args, accelerator)
+    with tempfile.TemporaryDirectory() as out_dir:
+        ours = OursLoop(args, out_dir)
+        for loop in (stock, ours):
+            loop.steps(args.warmup)
+        times = {"stock": [], "ours": []}
+        for _ in range(args.repeats):
+            times["stock"].append(_time(stock, args.steps))
+            times["ours"].append(_time(ours, args.steps))
+    images = args.steps * args.batch_size
+    stock_ips = images / statistics.median(times["stock"])
+    ours_ips = images / statistics.median(times["ours"])
+    params = sum(p.numel() for p in stock.model.parameters())
+    print(f"device={accelerator.device} threads={torch.get_num_threads()} preset={args.preset} ({params / 1e6:.2f}M)"
+          f" resolution={args.resolution} batch={args.batch_size} precision={args.mixed_precision}")
+    print(f"levers: fused_adam={args.fused_adam} ema_foreach={args.ema_foreach} channels_last={args.channels_last}"
+          f" pretensorize={args.pretensorize} log_every={args.log_every} compile={args.compile}")
+    print(f"stock diffusers loop: {stock_ips:8.1f} images/s  (runs: {[round(images / t, 1) for t in times['stock']]})")
+    print(f"ddpm-ext DDPMTrainer: {ours_ips:8.1f} images/s  (runs: {[round(images / t, 1) for t in times['ours']]})")
+    print(f"ratio ddpm-ext / stock: {ours_ips / stock_ips:.2f}x")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

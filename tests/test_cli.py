@@ -1,0 +1,110 @@
+"""The `ddpm-ext` console command: each subcommand on a tiny model, one-line errors, help with examples."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from _models import tiny_unet
+from PIL import Image
+
+from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
+from ddpm_ext.cli import main
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    pipe = DDPMExtPipeline(tiny_unet(1, 2), DDPMExtScheduler(num_train_timesteps=20, variance_type="learned_range"))
+    pipe.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_console_script_help_lists_every_command_and_each_has_an_example():
+    out = subprocess.run(["ddpm-ext", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("demo", "train", "sample", "evaluate", "publish"):
+        assert command in out
+        help_text = subprocess.run(
+            [sys.executable, "-m", "ddpm_ext.cli", command, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "example" in help_text and f"ddpm-ext {command}" in help_text
+
+
+def test_sample_writes_a_grid_png(model_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--model", str(model_dir), "--num", "4", "--steps", "5", "--eta", "0", "--out", str(out)]) == 0
+    image = Image.open(out)
+    assert image.size[0] >= 2 * 8 and "wrote" in capsys.readouterr().out
+    # 4 images in a 2×2 grid of 8×8 tiles with 1-pixel borders, upscaled by an integer factor
+    assert image.size[0] % (2 * 9 + 1) == 0
+
+
+def test_evaluate_prints_a_table_and_writes_json_and_plot(model_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main([
+        "evaluate", "--model", str(model_dir), "--num-samples", "8", "--steps", "2,5", "--nll", "--nll-images", "4",
+        "--out", str(out),
+    ])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["steps"] for r in results["steps"]] == [2, 5]
+    assert all(np.isfinite(r["frechet_distance"]) and r["frechet_distance"] > 0 for r in results["steps"])
+    assert results["bits_per_dim"]["num_images"] == 4 and results["bits_per_dim"]["mean"] > 0
+    assert (out / "fd_vs_steps.png").is_file()
+    printed = capsys.readouterr().out
+    assert "| 2 |" in printed and "bits/dim on 4 held-out images" in printed
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["sample", "--model", "/nonexistent/folder/x"], "error:"),
+        (["evaluate", "--model", "MODEL", "--steps", "ten"], "--steps must be comma-separated integers"),
+        (["evaluate", "--model", "MODEL", "--steps", "5,50"], r"steps must be integers in [1, 20]"),
+        (["sample", "--model", "MODEL", "--num", "0"], "--num must be >= 1"),
+        (["publish", "MODEL_PARENT", "--repo-id", "tester/x"], "holds no saved pipeline"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(model_dir, argv, message, capsys):
+    argv = [a.replace("MODEL_PARENT", str(model_dir.parent)).replace("MODEL", str(model_dir)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ddpm-ext: error:") and "\n" not in err and message in err
+    with pytest.raises(Exception):
+        main(["--debug", *argv])
+
+
+def test_publish_uploads_the_run_to_the_hub(model_dir, hub_server, hf_token, capsys):
+    from huggingface_hub import list_repo_files
+
+    (model_dir / "checkpoint-5").mkdir()
+    (model_dir / "checkpoint-5" / "state.bin").write_bytes(b"x")
+    assert main(["publish", str(model_dir), "--repo-id", "tester/cli-model", "--token", hf_token, "--private"]) == 0
+    files = set(list_repo_files("tester/cli-model", token=hf_token))
+    assert {"model_index.json", "pipeline_ddpm_ext.py", "scheduler/scheduling_ddpm_ext.py"} <= files
+    assert not any(f.startswith("checkpoint-") for f in files)
+    assert hub_server.repo("tester/cli-model")["private"] is True
+
+
+def test_train_runs_the_training_command_in_process(tmp_path):
+    out = tmp_path / "run"
+    code = main([
+        "train", "--no-launch", "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "4",
+        "--ddpm_num_steps", "10", "--ddpm_num_inference_steps", "5", "--logger", "none", "--lr_warmup_steps", "0",
+    ])
+    assert code == 0
+    assert type(DDPMExtPipeline.from_pretrained(out).scheduler) is DDPMExtScheduler
+
+
+def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main([
+        "demo", "--output-dir", str(out), "--max-train-steps", "2", "--resolution", "8", "--train-timesteps", "20",
+        "--num-samples", "8", "--steps", "5", "--nll-images", "4",
+    ])
+    assert code == 0
+    summary = json.loads((out / "demo_results.json").read_text())
+    assert summary["train_steps"] == 2 and summary["bits_per_dim"] > 0 and summary["frechet_distance"] > 0
+    printed = capsys.readouterr().out
+    assert 'DiffusionPipeline.from_pretrained("' in printed and "demo_samples.png" in printed
+    assert DDPMExtPipeline.from_pretrained(out).unet.config.sample_size == 8

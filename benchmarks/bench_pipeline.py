@@ -15,20 +15,12 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
+from ddpm_ext.training import build_unet
 
 
 def tiny_unet(channels: int, size: int) -> UNet2DModel:
     torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=size,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-    ).eval()
+    return build_unet("tiny", resolution=size, channels=channels).eval()
 
 
 class ForwardTimer:

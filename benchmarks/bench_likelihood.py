@@ -14,27 +14,11 @@ import statistics
 import time
 
 import torch
+from _timing import ForwardTimer
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
 from ddpm_ext.evaluation import reference_digits
 from ddpm_ext.training import build_unet
-
-
-class ForwardTimer:
-    """Accumulates the wall time spent inside the UNet's forward."""
-
-    def __init__(self, unet):
-        self.total = 0.0
-        self.calls = 0
-        self._forward = unet.forward
-        unet.forward = self
-
-    def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
-        out = self._forward(*args, **kwargs)
-        self.total += time.perf_counter() - start
-        self.calls += 1
-        return out
 
 
 def main() -> None:

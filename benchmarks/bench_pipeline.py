@@ -12,6 +12,7 @@ import statistics
 import time
 
 import torch
+from _timing import ForwardTimer
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
@@ -21,21 +22,6 @@ from ddpm_ext.training import build_unet
 def tiny_unet(channels: int, size: int) -> UNet2DModel:
     torch.manual_seed(0)
     return build_unet("tiny", resolution=size, channels=channels).eval()
-
-
-class ForwardTimer:
-    """Accumulates the wall time spent inside the UNet's forward."""
-
-    def __init__(self, unet: UNet2DModel):
-        self.total = 0.0
-        self._forward = unet.forward
-        unet.forward = self
-
-    def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
-        out = self._forward(*args, **kwargs)
-        self.total += time.perf_counter() - start
-        return out
 
 
 def run(pipe, steps: int, batch: int, timer: ForwardTimer, seed: int):

@@ -517,15 +517,19 @@ def _resolve_folder(name_or_path: Union[str, os.PathLike], kwargs: Dict[str, Any
     )
 
 
-def _read_model_index(folder: str) -> Dict[str, Any]:
-    path = os.path.join(folder, "model_index.json")
+def _read_json(path: str, what: str, missing: str) -> Any:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no model_index.json in {folder}: not a saved diffusers pipeline folder")
+        raise FileNotFoundError(missing)
     try:
         with open(path, encoding="utf-8") as f:
-            index = json.load(f)
+            return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt model_index.json at {path}: {e}") from e
+        raise ValueError(f"corrupt {what} at {path}: {e}") from e
+
+
+def _read_model_index(folder: str) -> Dict[str, Any]:
+    path = os.path.join(folder, "model_index.json")
+    index = _read_json(path, "model_index.json", f"no model_index.json in {folder}: not a saved diffusers pipeline folder")
     if not isinstance(index, dict) or "unet" not in index or "scheduler" not in index:
         raise ValueError(f"model_index.json at {path} must name a 'unet' and a 'scheduler', got {index!r}")
     return index
@@ -559,13 +563,7 @@ def _load_unet(folder: str, kwargs: Dict[str, Any]) -> UNet2DModel:
 
 def _load_scheduler(folder: str, index: Dict[str, Any], installed_class, trust_remote_code: bool):
     config_path = os.path.join(folder, "scheduler", "scheduler_config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"missing scheduler config: {config_path}")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt scheduler config at {config_path}: {e}") from e
+    config = _read_json(config_path, "scheduler config", f"missing scheduler config: {config_path}")
     library, class_name = index["scheduler"]
     ours = class_name in ("DDPMExtScheduler", "DDPMScheduler")
     if ours:

@@ -215,6 +215,7 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         ):
             setattr(self, name, torch.from_numpy(self._tables64[name]).to(torch.float32))
         self.one = torch.tensor(1.0)
+        self._noise_buffer: Optional[torch.Tensor] = None
         self._device_tables: Dict[Tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
     def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -445,9 +446,7 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
             # DDPM eq. 7: μ̃_t(x_t, x̂_0)
             prev_sample = torch.mul(sample, c.coef_xt).add_(pred_original_sample, alpha=c.coef_x0)
             if t > 0:  # the same draws as DDPMScheduler, so seeded runs match it
-                noise = randn_tensor(
-                    model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-                )
+                noise = self._draw_noise(model_output, generator)
                 if c.prev_t >= 0:  # the step into x_0 has zero posterior variance: it adds no noise
                     variance_type = self.config.variance_type
                     if variance_type == "learned":
@@ -494,12 +493,20 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         # Song et al. 2021 eq. 12
         prev_sample = torch.mul(pred_original_sample, c.sqrt_alpha_prod_prev).add_(pred_epsilon, alpha=direction)
         if eta > 0 and t > 0:
-            noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-            )
+            noise = self._draw_noise(model_output, generator)
             if sigma > 0:
                 prev_sample.add_(noise, alpha=sigma)
         return prev_sample
+
+    def _draw_noise(self, like: torch.Tensor, generator) -> torch.Tensor:
+        """N(0, I) shaped like `like`, the same numbers as `randn_tensor`; a single generator on the sample's device
+        draws into a buffer kept across steps (the noise is consumed at once), so the loop allocates nothing here."""
+        if isinstance(generator, list) or (generator is not None and generator.device.type != like.device.type):
+            return randn_tensor(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        buffer = self._noise_buffer
+        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._noise_buffer = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        return torch.randn(like.shape, generator=generator, out=buffer)
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Union[torch.Tensor, int]

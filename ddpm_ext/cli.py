@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="ddpm-ext-demo", help="where the run goes (default: %(default)s)")
     demo.add_argument("--max-train-steps", type=int, default=600, help="training steps (default: %(default)s)")
     demo.add_argument("--train-timesteps", type=int, default=1000, help="diffusion steps T (default: %(default)s)")
-    demo.add_argument("--nll-images", type=int, default=180, help="held-out digits for bits/dim (default: all %(default)s)")
+    demo.add_argument("--nll-images", type=int, default=40, help="held-out digits for bits/dim, of 180 (default: %(default)s)")
     demo.add_argument("--resolution", type=int, default=16, help="image size (default: %(default)s)")
     demo.add_argument("--num-samples", type=int, default=256, help="images for the Fréchet distance (default: %(default)s)")
     demo.add_argument("--steps", type=int, default=50, help="sampling steps (default: %(default)s)")

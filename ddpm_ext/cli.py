@@ -274,6 +274,9 @@ def _demo(args, extra) -> int:
     print(f"[1/4] training the tiny UNet on the embedded digits ({args.resolution}×{args.resolution}, "
           f"{args.max_train_steps} steps, IDDPM recipe: cosine schedule, learned variance, hybrid loss)", flush=True)
     result = train(config)
+    if result.interrupted_by is not None:
+        print(f"training stopped by signal {result.interrupted_by}; checkpoint in {result.checkpoint}", file=sys.stderr)
+        return 128 + int(result.interrupted_by)
     trained = time.perf_counter()
     pipe = DDPMExtPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)

@@ -305,6 +305,14 @@ def _demo(args, extra) -> int:
     }
     with open(os.path.join(out, "demo_results.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    rows = [
+        (os.path.abspath(out) + os.sep, "the saved pipeline (model_index.json, unet/, scheduler/, *.py)"),
+        (os.path.abspath(grid), "a grid of samples"),
+        (os.path.abspath(os.path.join(out, "README.md")), "the model card"),
+        (os.path.abspath(os.path.join(out, "demo_results.json")), "these figures"),
+    ]
+    width = max(len(path) for path, _ in rows)
+    files = "\n".join(f"  {path:<{width}}  {what}" for path, what in rows)
     print(
         f"""
 done in {total / 60:.1f} min (training {summary['train_seconds'] / 60:.1f} min)
@@ -312,10 +320,7 @@ done in {total / 60:.1f} min (training {summary['train_seconds'] / 60:.1f} min)
   bits/dim on held-out digits: {summary['bits_per_dim']:.3f} ± {summary['bits_per_dim_stderr']:.3f}
 
 files:
-  {os.path.abspath(out)}/                    the saved pipeline (model_index.json, unet/, scheduler/, *.py)
-  {os.path.abspath(grid)}       a grid of samples
-  {os.path.abspath(os.path.join(out, 'README.md'))}          the model card
-  {os.path.abspath(os.path.join(out, 'demo_results.json'))}  these figures
+{files}
 
 load it:
   from ddpm_ext import DDPMExtPipeline

@@ -8,8 +8,11 @@ clipping at 1.0, AdamW (torch's default implementation), diffusers' `EMAModel` (
 precision and data (the digits), with logging every `--log_every` steps. Both sides train with EMA.
 
     python benchmarks/bench_train.py --resolution 16 --batch_size 32 --steps 20 --repeats 5
+    python benchmarks/bench_train.py --preset ddpm-cifar10 --resolution 32 --batch_size 128 --mixed_precision bf16
 
-Prints images/s (median of `--repeats` interleaved timings) and the ratio ddpm-ext / stock.
+Prints images/s (median of `--repeats` interleaved timings) and the ratio ddpm-ext / stock. On CUDA each timing
+ends with a device sync, and the peak GPU memory of each side's steps is printed; run with `--sides ours` (or
+`stock`) for a peak that excludes the other side's weights and optimizer state.
 """
 
 import argparse
@@ -20,6 +23,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _timing import synchronize
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
@@ -99,10 +103,18 @@ class OursLoop:
         self.trainer.train_steps(n)  # gathers and fetches the losses every `log_every` steps
 
 
-def _time(loop, steps: int) -> float:
+def _time(loop, steps: int, device: torch.device, peaks: list) -> float:
+    cuda = device.type == "cuda"
+    synchronize(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     loop.steps(steps)
-    return time.perf_counter() - start
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    if cuda:
+        peaks.append(torch.cuda.max_memory_allocated(device))
+    return elapsed
 
 
 def main() -> None:
@@ -121,30 +133,40 @@ def main() -> None:
     parser.add_argument("--pretensorize", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--log_every", type=int, default=10, help="ddpm-ext host sync every N steps (1 = every step)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--sides", default="both", choices=["both", "stock", "ours"], help="which loops to run")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    stock = StockLoop(args, accelerator)
+    device = accelerator.device
+    names = ["stock", "ours"] if args.sides == "both" else [args.sides]
     with tempfile.TemporaryDirectory() as out_dir:
-        ours = OursLoop(args, out_dir)
-        for loop in (stock, ours):
+        loops = {}
+        if "stock" in names:
+            loops["stock"] = StockLoop(args, accelerator)
+        if "ours" in names:
+            loops["ours"] = OursLoop(args, out_dir)
+        for loop in loops.values():
             loop.steps(args.warmup)
-        times = {"stock": [], "ours": []}
+        times = {name: [] for name in names}
+        peaks = {name: [] for name in names}
         for _ in range(args.repeats):
-            times["stock"].append(_time(stock, args.steps))
-            times["ours"].append(_time(ours, args.steps))
+            for name in names:  # interleaved: stock, ours, stock, ours, ...
+                times[name].append(_time(loops[name], args.steps, device, peaks[name]))
     images = args.steps * args.batch_size
-    stock_ips = images / statistics.median(times["stock"])
-    ours_ips = images / statistics.median(times["ours"])
-    params = sum(p.numel() for p in stock.model.parameters())
-    print(f"device={accelerator.device} threads={torch.get_num_threads()} preset={args.preset} ({params / 1e6:.2f}M)"
+    ips = {name: images / statistics.median(times[name]) for name in names}
+    params = sum(p.numel() for p in UNet2DModel(**unet_config(args.preset, args.resolution, 1)).parameters())
+    where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f"{device}"
+    print(f"device={where} threads={torch.get_num_threads()} preset={args.preset} ({params / 1e6:.2f}M)"
           f" resolution={args.resolution} batch={args.batch_size} precision={args.mixed_precision}")
     print(f"levers: fused_adam={args.fused_adam} ema_foreach={args.ema_foreach} channels_last={args.channels_last}"
           f" pretensorize={args.pretensorize} log_every={args.log_every} compile={args.compile}")
-    print(f"stock diffusers loop: {stock_ips:8.1f} images/s  (runs: {[round(images / t, 1) for t in times['stock']]})")
-    print(f"ddpm-ext DDPMTrainer: {ours_ips:8.1f} images/s  (runs: {[round(images / t, 1) for t in times['ours']]})")
-    print(f"ratio ddpm-ext / stock: {ours_ips / stock_ips:.2f}x")
+    labels = {"stock": "stock diffusers loop", "ours": "ddpm-ext DDPMTrainer"}
+    for name in names:
+        memory = f", peak GPU memory {max(peaks[name]) / 2**30:.2f} GiB" if peaks[name] else ""
+        print(f"{labels[name]}: {ips[name]:8.1f} images/s{memory}  (runs: {[round(images / t, 1) for t in times[name]]})")
+    if len(names) == 2:
+        print(f"ratio ddpm-ext / stock: {ips['ours'] / ips['stock']:.2f}x")
 
 
 if __name__ == "__main__":

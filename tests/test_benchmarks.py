@@ -34,3 +34,30 @@ def test_quality_benchmark_smoke(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "results.json").is_file() and (tmp_path / "fd_vs_steps.png").is_file()
     assert "| iddpm |" in result.stdout
+
+
+def test_quality_claims_need_two_standard_errors_or_a_ten_percent_gap():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_quality import claims
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def recipe(bpd, se, fds):
+        return {"bits_per_dim": bpd, "bits_per_dim_stderr": se,
+                "frechet_distance": [{"steps": s, "frechet_distance": f} for s, f in zip((10, 1000), fds)]}
+
+    results = {"steps": [10, 1000], "recipes": {
+        "ddpm": recipe(2.50, 0.01, (40.0, 10.0)),         # FD ratio 4.0
+        "ddpm-cosine": recipe(2.10, 0.01, (20.0, 10.0)),  # FD ratio 2.0
+        "iddpm": recipe(2.09, 0.01, (19.0, 10.0)),        # FD ratio 1.9: within 10 % of 2.0
+    }}
+    lines = claims(results)
+    by_start = {line.split(":")[0]: line for line in lines}
+    assert by_start["cosine beats linear in bits/dim (both L_simple, fixed variance)"].endswith("— held")
+    assert "not separated" in by_start["hybrid + learned variance beats L_simple in bits/dim (both cosine)"]
+    assert "not separated (within 10%)" in by_start["learned variances keep quality at 10 steps"]
+    results["recipes"]["iddpm"] = recipe(2.20, 0.01, (30.0, 10.0))  # worse beyond 2 se and beyond 10 %
+    by_start = {line.split(":")[0]: line for line in claims(results)}
+    assert "not held (reversed)" in by_start["hybrid + learned variance beats L_simple in bits/dim (both cosine)"]
+    assert by_start["learned variances keep quality at 10 steps"].endswith("— not held")

@@ -77,3 +77,14 @@ def hub_server(tmp_path: Path):
 def hf_token() -> str:
     """A token to pass explicitly (`token=hf_token`); the stand-in accepts any bearer token."""
     return "hf_ddpm_ext_test_token"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process-wide state that a later `Accelerator` may not change (its device, its mixed
+    precision): start and leave every test without one, so in-process training runs do not depend on test order."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
@@ -20,14 +19,6 @@ from _models import tiny_unet
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 CUDA = torch.device("cuda")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    # accelerate keeps one process-wide state; a later Accelerator may not change its mixed precision.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 class _SyncFree:

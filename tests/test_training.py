@@ -1,7 +1,9 @@
 """Training (ddpm_ext.training, examples/train_ddpm.py): end to end, bf16, 2-process gloo, exact resume, SIGTERM, errors.
 
 Runs are tiny (the `tiny` UNet at 8×8, T = 20, a few steps) and go through the real command line in subprocesses
-where processes, signals or accelerate state matter.
+where processes, signals or accelerate state matter. Every run is pinned to the CPU (`ACCELERATE_USE_CPU=1`, in this
+process and in the subprocesses), so on a machine with a GPU these tests still check the CPU behaviour they describe
+(bit-exact resume, fp16 falling back to fp32); `tests/test_gpu.py` covers CUDA.
 """
 
 import json
@@ -31,8 +33,16 @@ SMALL = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _cpu_only(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+
+
 def _env(threads: int = 1) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    # the subprocesses see no GPU at all, so they run on the CPU as these tests intend, whatever the machine has
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=pythonpath, ACCELERATE_USE_CPU="1",
+               CUDA_VISIBLE_DEVICES="")
     env.pop("ACCELERATE_MIXED_PRECISION", None)
     return env
 

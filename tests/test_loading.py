@@ -6,9 +6,11 @@ way, samples with the same seed and compares.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,8 +139,14 @@ print("ddpm_ext" in sys.modules, float(bpd[0]) > 0)
 
 def test_without_trust_remote_code_diffusion_pipeline_refuses(saved):
     folder, _ = saved
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
+    with pytest.raises(ValueError, match="trust_remote_code=True") as info:
         DiffusionPipeline.from_pretrained(folder)
+    # diffusers' message names one way and points at the module file, whose docstring names both
+    pointed = re.search(r"inspect the file content at (\S+\.py)", str(info.value))
+    assert pointed, str(info.value)
+    text = Path(pointed.group(1)).read_text()
+    assert "DDPMExtPipeline.from_pretrained(folder)" in text
+    assert "DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)" in text
 
 
 def test_resaving_a_remote_code_pipeline_keeps_the_layout(saved, tmp_path):

@@ -1,6 +1,11 @@
 # Copyright 2026 The ddpm-ext authors. Apache-2.0.
 """DDPMExtPipeline: sampling and the bits/dim likelihood of a DDPM / Improved-DDPM UNet.
 
+A saved folder that holds this file loads in two ways (diffusers' refusal without `trust_remote_code` points here):
+
+    DDPMExtPipeline.from_pretrained(folder)                            # with `pip install ddpm-ext`: no remote code
+    DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)  # plain diffusers: runs this file
+
 Self-contained on purpose (torch, numpy and diffusers only): `save_pretrained` copies this file into the saved
 folder, where `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` loads it without ddpm-ext installed.
 It reaches the scheduler only through `self.scheduler`, never by importing it.

@@ -14,15 +14,15 @@ def synchronize(device) -> None:
 class ForwardTimer:
     """Replaces a module's forward with a wrapper that accumulates the wall time spent inside it.
 
-    With `sync_device` set (or later assigned) to a CUDA device it waits for the device before and after each forward, so the time is
-    the forward's execution, not its launch (this adds two host syncs per call: use it to split time, not to time
-    the loop itself).
+    With `sync_device` set to a CUDA device it waits for the device before and after each forward, so the time is the
+    forward's execution, not its launch (this adds two host syncs per call: use it to split time, not to time the
+    loop itself).
     """
 
-    def __init__(self, module, sync_device=None):
+    def __init__(self, module):
         self.total = 0.0
         self.calls = 0
-        self.sync_device = sync_device
+        self.sync_device = None
         self._forward = module.forward
         module.forward = self
 

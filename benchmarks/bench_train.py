@@ -155,7 +155,8 @@ def main() -> None:
                 times[name].append(_time(loops[name], args.steps, device, peaks[name]))
     images = args.steps * args.batch_size
     ips = {name: images / statistics.median(times[name]) for name in names}
-    params = sum(p.numel() for p in UNet2DModel(**unet_config(args.preset, args.resolution, 1)).parameters())
+    model = loops["stock"].model if "stock" in loops else loops["ours"].trainer.unet
+    params = sum(p.numel() for p in model.parameters())
     where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f"{device}"
     print(f"device={where} threads={torch.get_num_threads()} preset={args.preset} ({params / 1e6:.2f}M)"
           f" resolution={args.resolution} batch={args.batch_size} precision={args.mixed_precision}")

@@ -115,8 +115,8 @@ def test_mixed_precision_training_on_cuda(tmp_path, precision):
     config = TrainingConfig(
         output_dir=str(tmp_path / "run"), resolution=16, train_batch_size=32, ddpm_num_steps=100,
         ddpm_num_inference_steps=10, lr_warmup_steps=0, learning_rate=2e-3, lr_scheduler="constant", logger="none",
-        use_ema=True, mixed_precision=precision, max_train_steps=60, logging_steps=10, variance_type="learned_range", loss_type="hybrid",
-        ddpm_beta_schedule="squaredcos_cap_v2", eval_nll_steps=1000, eval_nll_num_images=32,
+        use_ema=True, mixed_precision=precision, max_train_steps=60, logging_steps=10, variance_type="learned_range",
+        loss_type="hybrid", ddpm_beta_schedule="squaredcos_cap_v2", eval_nll_steps=1000, eval_nll_num_images=32,
     )
     trainer = DDPMTrainer(config).setup()
     assert trainer.accelerator.device.type == "cuda" and trainer.accelerator.mixed_precision == precision

@@ -138,8 +138,7 @@ def test_two_gloo_processes_split_the_data_and_follow_the_one_process_loss_curve
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
         SCRIPT, "--output_dir", str(two), *SMALL, "--train_batch_size", "4", *steps,
     ]
-    env = dict(_env(1), ACCELERATE_USE_CPU="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, env=_env(1), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     def indices(folder, rank):

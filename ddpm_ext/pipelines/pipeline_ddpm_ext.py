@@ -38,6 +38,18 @@ SCHEDULER_MODULE = "scheduling_ddpm_ext"
 OUTPUT_TYPES = ("pil", "np", "pt")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# what a published model consists of, for every push path (`save_pretrained(push_to_hub=True)`, `push_to_hub`,
+# `ddpm_ext.hub.push_output_dir`): the pipeline, the model card and the sample grid; checkpoints, optimizer and RNG
+# states, logs, metrics and anything else in a training folder stay local
+PUBLISH_ALLOW_PATTERNS = [
+    "model_index.json",
+    PIPELINE_MODULE + ".py",
+    "unet/*",
+    "scheduler/*",
+    "README.md",
+    "sample_grid.png",
+]
+PUBLISH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/*", ".tmp-*", "logs/*", "debug/*", "*.jsonl"]
 
 
 @dataclass
@@ -324,16 +336,24 @@ class DDPMExtPipeline(DDPMPipeline):
         )
         write_remote_code_layout(self, save_directory)
         if push_to_hub:
+            # only the pipeline, the model card and the sample grid: never the checkpoints, logs or other files of
+            # a training folder saved into (PUBLISH_ALLOW_PATTERNS)
             repo_id = kwargs.pop("repo_id", str(save_directory).rstrip(os.sep).split(os.sep)[-1])
-            repo_id = create_repo(
-                repo_id, exist_ok=True, private=kwargs.pop("private", None), token=kwargs.get("token")
-            ).repo_id
-            self._upload_folder(
-                save_directory,
-                repo_id,
-                token=kwargs.get("token"),
-                commit_message=kwargs.get("commit_message"),
+            validate_repo_id(repo_id)
+            token = kwargs.get("token")
+            repo_id = create_repo(repo_id, exist_ok=True, private=kwargs.pop("private", None), token=token).repo_id
+            card = os.path.join(save_directory, "README.md")
+            if not os.path.exists(card):  # as diffusers does, the pushed folder gets a model card
+                with open(card, "w", encoding="utf-8") as f:
+                    f.write(default_model_card(self, repo_id))
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=save_directory,
+                token=token,
+                commit_message=kwargs.get("commit_message") or f"Upload {type(self).__name__}",
                 create_pr=kwargs.get("create_pr", False),
+                allow_patterns=PUBLISH_ALLOW_PATTERNS,
+                ignore_patterns=PUBLISH_IGNORE_PATTERNS,
             )
 
     def push_to_hub(
@@ -379,6 +399,8 @@ class DDPMExtPipeline(DDPMPipeline):
                 commit_message=commit_message or f"Upload {type(self).__name__}",
                 create_pr=create_pr,
                 revision=revision,
+                allow_patterns=PUBLISH_ALLOW_PATTERNS,
+                ignore_patterns=PUBLISH_IGNORE_PATTERNS,
             )
 
     @classmethod

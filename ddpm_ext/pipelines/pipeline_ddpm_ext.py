@@ -346,7 +346,9 @@ class DDPMExtPipeline(DDPMPipeline):
         `pipeline_ddpm_ext.py`, the scheduler's module as `scheduler/scheduling_ddpm_ext.py`, and a
         `model_index.json` naming them as `[module, class]`, so `DiffusionPipeline.from_pretrained(folder,
         trust_remote_code=True)` works without ddpm-ext and `DDPMExtPipeline.from_pretrained(folder)` with it.
-        Takes the arguments of `DiffusionPipeline.save_pretrained`.
+        Takes the arguments of `DiffusionPipeline.save_pretrained`; with `push_to_hub=True` (and `repo_id`, `token`,
+        `private`, `commit_message`, `create_pr`) it uploads only the pipeline files, `README.md` (written if
+        missing) and `sample_grid.png` (`PUBLISH_ALLOW_PATTERNS`), never the other files of the folder.
         """
         super().save_pretrained(
             save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size

@@ -99,7 +99,8 @@ class TrainingConfig:
         save_images_epochs (`int`, defaults to 10), save_model_epochs (`int`, defaults to 10): sample grids and
             pipeline saves every this many epochs (and always at the end).
         push_to_hub (`bool`), hub_model_id (`str`), hub_token (`str`), hub_private_repo (`bool`): publish the saved
-            pipeline, model card and sample grid at the end (never checkpoints or logs).
+            pipeline, model card and sample grid at the end (never checkpoints or logs); the repo id is checked and
+            the repo created before the first step, so a bad id, token or endpoint fails at once.
         use_fused_adam (`bool`, defaults to `True`): fused (else foreach) AdamW where torch supports it.
         ema_foreach (`bool`, defaults to `True`): `torch._foreach` EMA updates.
         channels_last (`bool`, defaults to `False`): channels-last memory format.

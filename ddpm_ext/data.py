@@ -83,6 +83,22 @@ def _has_parquet(path: str) -> bool:
     return False
 
 
+def _parquet_rows(path: str) -> int:
+    """Rows in a parquet file or in every parquet file below a folder (from the footers, no data is read)."""
+    import pyarrow.parquet as pq
+
+    files = [path] if os.path.isfile(path) else [
+        os.path.join(root, f) for root, _, names in os.walk(path) for f in names if f.endswith(".parquet")
+    ]
+    rows = 0
+    for f in files:
+        try:
+            rows += pq.ParquetFile(f).metadata.num_rows
+        except Exception as err:  # pyarrow's ArrowInvalid / OSError for a damaged or non-parquet file
+            raise ValueError(f"unreadable parquet file: {f}: {type(err).__name__}: {' '.join(str(err).split())}") from err
+    return rows
+
+
 def _has_images(path: str) -> bool:
     for _, _, files in os.walk(path):
         if any(os.path.splitext(f)[1].lower() in _IMAGE_EXTENSIONS for f in files):
@@ -183,6 +199,8 @@ def load_image_dataset(
                 if os.path.isfile(train_data_dir)
                 else os.path.join(train_data_dir, "**", "*.parquet")
             )
+            if _parquet_rows(train_data_dir) == 0:  # datasets fails on 0 rows with an opaque DatasetGenerationError
+                raise ValueError(f"train_data_dir={train_data_dir!r} holds parquet files with 0 rows; it needs >= 1 image")
             dataset = datasets.load_dataset("parquet", data_files={split: data_files}, split=split, cache_dir=cache_dir)
         elif os.path.isdir(train_data_dir) and _has_images(train_data_dir):
             dataset = datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
@@ -192,7 +210,15 @@ def load_image_dataset(
                 f"allowed image extensions: {sorted(_IMAGE_EXTENSIONS)}"
             )
     else:
-        dataset = datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
+        try:
+            dataset = datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
+        except (ConnectionError, FileNotFoundError) as err:  # not cached while offline, unknown name, no network
+            offline = datasets.config.HF_HUB_OFFLINE or getattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+            hint = " (offline: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, so it must already be cached)" if offline else ""
+            raise ValueError(
+                f"dataset_name={dataset_name!r} could not be loaded{hint}: {' '.join(str(err).split())}; allowed: a"
+                " cached or reachable `datasets` name, or a local folder / parquet file with train_data_dir"
+            ) from err
 
     if len(dataset) == 0:
         source = train_data_dir or dataset_name

@@ -2,24 +2,65 @@
 """Publishing a trained output folder to the Hugging Face Hub: the saved pipeline, model card and sample grid only."""
 
 import os
-from typing import List, Optional
+from typing import Optional
 
 from huggingface_hub import create_repo, upload_folder
 
-# what a published model consists of; checkpoints, logs, debug files and plots stay local
-PUBLISH_ALLOW_PATTERNS: List[str] = [
-    "model_index.json",
-    "pipeline_ddpm_ext.py",
-    "unet/*",
-    "scheduler/*",
-    "README.md",
-    "sample_grid.png",
-]
-PUBLISH_IGNORE_PATTERNS: List[str] = ["checkpoint-*", "checkpoint-*/*", ".tmp-*", "logs/*", "debug/*", "*.jsonl"]
+from .pipelines.pipeline_ddpm_ext import PUBLISH_ALLOW_PATTERNS, PUBLISH_IGNORE_PATTERNS
 
 
 class HubPushError(RuntimeError):
     """A push to the Hub failed; the local folder is untouched."""
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def check_repo_id(repo_id, what: str = "hub_model_id") -> str:
+    """
+    Check a Hub repo id's syntax (no network): raise a one-line `ValueError` naming `what`, the value and the rule.
+
+    Returns:
+        `str`: `repo_id`.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or not repo_id:
+        raise ValueError(f"{what}={repo_id!r} is not a Hub repo id; expected 'name' or 'namespace/name'")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(
+            f"{what}={repo_id!r} is not a valid Hub repo id; allowed: 'name' or 'namespace/name' made of letters,"
+            " digits, '-', '_' and '.' (no spaces, no '--' or '..', at most 96 characters)"
+        ) from err
+    return repo_id
+
+
+def check_push_access(repo_id: str, token: Optional[str] = None, private: bool = False) -> str:
+    """
+    Before a long run that ends with a push: check the repo id, reach the Hub and create the repo (`exist_ok`), so a
+    bad id, a missing or wrong token or an unreachable endpoint is found now, not after training.
+
+    Returns:
+        `str`: the full repo id ("namespace/name").
+
+    Raises:
+        `ValueError`: the repo id is invalid, or the Hub could not be reached or refused to create the repo (the
+            message is one line: the endpoint, the repo and the client's reason).
+    """
+    from huggingface_hub import constants
+
+    check_repo_id(repo_id)
+    try:
+        return create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model").repo_id
+    except Exception as err:  # network, auth, permissions: say so before training starts
+        raise ValueError(
+            f"--push_to_hub: cannot create or reach the Hub repo {repo_id!r} at {constants.ENDPOINT}"
+            f" ({_one_line(err)}); check the network, HF_ENDPOINT, --hub_token / `hf auth login`, or drop"
+            " --push_to_hub (publish later with `ddpm-ext publish`)"
+        ) from err
 
 
 def push_output_dir(
@@ -79,4 +120,11 @@ def push_output_dir(
     return str(getattr(commit, "commit_url", commit))
 
 
-__all__ = ["HubPushError", "PUBLISH_ALLOW_PATTERNS", "PUBLISH_IGNORE_PATTERNS", "push_output_dir"]
+__all__ = [
+    "HubPushError",
+    "PUBLISH_ALLOW_PATTERNS",
+    "PUBLISH_IGNORE_PATTERNS",
+    "check_push_access",
+    "check_repo_id",
+    "push_output_dir",
+]

@@ -368,3 +368,85 @@ def test_push_output_dir_uploads_pipeline_card_and_grid_but_no_checkpoints_or_lo
     assert {name: pulled[name] for name in expected - {".gitattributes"}} == {
         name: _files(before)[name] for name in expected - {".gitattributes"}}
     assert _snapshot(out) == before
+
+
+# ------------------------------------------- every push path publishes the pipeline, card and grid only (issue 14)
+TRAINING_EXTRAS = (  # what a training run (or its operator) leaves beside the pipeline
+    "checkpoint-10/unet/diffusion_pytorch_model.safetensors", "checkpoint-10/optimizer.bin",
+    "checkpoint-10/random_states_0.pkl", "checkpoint-20/model.safetensors", ".tmp-checkpoint-30/optimizer.bin",
+    "metrics.jsonl", "logs/train.log", "logs/ddpm-ext/events.out.tfevents.1.host", "debug/params_rank0.pt",
+    "samples/epoch_0001.png", "training_curves.png", "core_dump_debug.txt", "unet_notes.md",
+)
+PUBLISHED = LAYOUT | {"README.md", "sample_grid.png", ".gitattributes"}
+
+
+def _training_folder(folder: Path) -> DDPMExtPipeline:
+    pipe = _pipe()
+    pipe.save_pretrained(folder)
+    (folder / "README.md").write_text("---\nlibrary_name: diffusers\ntags:\n- ddpm-ext\n---\n# run\n")
+    (folder / "sample_grid.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    for extra in TRAINING_EXTRAS:
+        (folder / extra).parent.mkdir(parents=True, exist_ok=True)
+        (folder / extra).write_bytes(os.urandom(64))
+    return pipe
+
+
+def _push_with_save_pretrained(folder: Path, repo_id: str, token: str) -> None:
+    DDPMExtPipeline.from_pretrained(folder).save_pretrained(folder, push_to_hub=True, repo_id=repo_id, token=token)
+
+
+def _push_output_dir(folder: Path, repo_id: str, token: str) -> None:
+    from ddpm_ext.hub import push_output_dir
+
+    push_output_dir(str(folder), repo_id, token=token)
+
+
+def _push_with_cli(folder: Path, repo_id: str, token: str) -> None:
+    from ddpm_ext.cli import main
+
+    assert main(["publish", str(folder), "--repo-id", repo_id, "--token", token]) == 0
+
+
+@pytest.mark.parametrize("push", [_push_with_save_pretrained, _push_output_dir, _push_with_cli])
+def test_pushing_a_training_folder_uploads_exactly_the_pipeline_card_and_grid(hub_server, hf_token, tmp_path, push):
+    folder = tmp_path / "run"
+    _training_folder(folder)
+    before = _files(_snapshot(folder))
+    repo_id = f"tester/ddpm-tiny-{push.__name__.strip('_').replace('_', '-')}"
+
+    push(folder, repo_id, hf_token)
+
+    assert set(list_repo_files(repo_id, token=hf_token)) == PUBLISHED
+    (commit,) = hub_server.calls("POST", rf"^/api/models/{repo_id}/commit/main$")
+    assert sorted(op.split(":", 1)[1] for op in commit.detail.split()) == sorted(PUBLISHED - {".gitattributes"})
+    after = _files(_snapshot(folder))  # save_pretrained rewrote the pipeline files; the others are untouched
+    assert after.keys() == before.keys() and {name: after[name] for name in TRAINING_EXTRAS} == {
+        name: before[name] for name in TRAINING_EXTRAS}
+    pulled = _tree(snapshot_download(repo_id, token=hf_token))
+    assert {name: pulled[name] for name in PUBLISHED - {".gitattributes"}} == {
+        name: after[name] for name in PUBLISHED - {".gitattributes"}}
+
+
+def test_save_pretrained_push_into_a_folder_without_a_card_writes_and_uploads_one(hub_server, hf_token, tmp_path):
+    folder = tmp_path / "run"
+    _training_folder(folder)
+    (folder / "README.md").unlink()
+
+    DDPMExtPipeline.from_pretrained(folder).save_pretrained(
+        folder, push_to_hub=True, repo_id="tester/ddpm-tiny-nocard", token=hf_token)
+
+    assert set(list_repo_files("tester/ddpm-tiny-nocard", token=hf_token)) == PUBLISHED
+    card = ModelCard.load("tester/ddpm-tiny-nocard", token=hf_token)
+    assert card.data.library_name == "diffusers" and "ddpm-ext" in card.data.tags
+    assert (folder / "README.md").read_text() == str(card.content)  # the card it wrote is the one it pushed
+
+
+def test_push_to_hub_of_a_pipeline_loaded_from_a_training_folder_uploads_the_pipeline_and_card(
+    hub_server, hf_token, tmp_path
+):
+    folder = tmp_path / "run"
+    _training_folder(folder)
+
+    DDPMExtPipeline.from_pretrained(folder).push_to_hub("tester/ddpm-tiny-loaded", token=hf_token)
+
+    assert set(list_repo_files("tester/ddpm-tiny-loaded", token=hf_token)) == LAYOUT | {"README.md", ".gitattributes"}

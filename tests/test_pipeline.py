@@ -195,3 +195,68 @@ def test_bits_per_dim_takes_uint8_float_and_pil_alike_and_timestep_batching_chan
 def test_bits_per_dim_rejects_bad_images(images, match):
     with pytest.raises(ValueError, match=match):
         _pipe(T=5).bits_per_dim(images)
+
+
+# ------------------------------------------------------------------ inputs refused at the boundary (issue 14)
+@pytest.mark.parametrize("eta", [float("nan"), float("inf"), -float("inf"), "0.5", 1.5, 1.0 + 1e-9, True])
+def test_eta_outside_0_1_or_not_a_number_is_refused_before_sampling(eta):
+    pipe = _pipe()
+    calls = []
+    pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match=r"eta must be >= 0 and <= 1, got .*allowed: a number in \[0, 1\]"):
+        pipe(num_inference_steps=3, eta=eta)
+    assert calls == []
+
+
+@pytest.mark.parametrize("eta", [0, 1, 0.0, 1.0, np.float32(0.5)])
+def test_eta_in_0_1_samples_finite_images(eta):
+    images = _sample(_pipe(), steps=3, eta=eta)
+    assert torch.isfinite(images).all() and images.shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("generator", ["seed", 0, [torch.Generator(), "seed"]])
+def test_a_generator_that_is_not_a_torch_generator_is_refused_by_sampling_and_bits_per_dim(generator):
+    pipe = _pipe(T=5)
+    with pytest.raises(ValueError, match=r"generator=.* is not allowed; expected None, a torch.Generator"):
+        pipe(batch_size=2, num_inference_steps=2, generator=generator)
+    with pytest.raises(ValueError, match=r"generator=.* is not allowed; expected None, a torch.Generator"):
+        pipe.bits_per_dim(_digits_like(n=2), generator=generator)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_bits_per_dim_refuses_non_finite_pixels(bad):
+    images = _digits_like(n=2).float() / 127.5 - 1
+    images[1, 0, 3, 4] = bad
+    with pytest.raises(ValueError, match=r"images hold 1 NaN or infinite values; allowed: finite values in \[-1, 1\]"):
+        _pipe(T=5).bits_per_dim(images)
+
+
+@pytest.mark.parametrize("images", [torch.zeros(0, 1, 8, 8), torch.zeros(0, 1, 8, 8, dtype=torch.uint8)])
+def test_bits_per_dim_refuses_an_empty_batch(images):
+    with pytest.raises(ValueError, match=r"images is an empty batch \(shape \(0, 1, 8, 8\)\)"):
+        _pipe(T=5).bits_per_dim(images)
+
+
+def test_bits_per_dim_takes_fp16_and_bf16_images_on_the_grid_and_gives_the_uint8_figures():
+    pipe = _pipe(T=8)
+    x_u8 = _digits_like(n=2)
+    x_u8[0, 0, 0, :3] = torch.tensor([0, 128, 255], dtype=torch.uint8)  # the grid's ends and its middle
+    ref = pipe.bits_per_dim(x_u8, generator=torch.Generator().manual_seed(2))
+    variants = {
+        "fp16 rounded": (x_u8.float() / 127.5 - 1).half(),  # up to 0.031 levels off the grid
+        "fp16 arithmetic": x_u8.half() / 127.5 - 1,  # up to 0.062 levels off
+        "bf16 rounded": (x_u8.float() / 127.5 - 1).bfloat16(),  # up to 0.25 levels off
+    }
+    for name, images in variants.items():
+        got = pipe.bits_per_dim(images, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(got, ref, rtol=0, atol=0, msg=name)
+
+
+def test_bits_per_dim_refuses_fp16_images_off_the_grid_with_advice_that_works():
+    pipe = _pipe(T=5)
+    x_u8 = _digits_like(n=2)
+    off_grid = ((x_u8.float().clamp(max=254) + 0.5) / 127.5 - 1).half()  # half a level off: exact in fp16
+    with pytest.raises(ValueError, match=r"0\.5 levels off it \(allowed in torch.float16: 0\.125\)") as exc:
+        pipe.bits_per_dim(off_grid)
+    assert "((x.float() + 1) * 127.5).round() / 127.5 - 1" in str(exc.value)
+    pipe.bits_per_dim(((off_grid.float() + 1) * 127.5).round() / 127.5 - 1)  # the advice, followed, is accepted

@@ -391,3 +391,55 @@ def test_bad_runtime_inputs_raise_value_errors():
         sched.add_noise(x, x, torch.tensor([1000]))
     with pytest.raises(ValueError, match="strictly descending"):
         sched.set_timesteps(timesteps=[10, 20])
+
+
+# ------------------------------------------------------------------ inputs refused at the boundary (issue 14)
+@pytest.mark.parametrize("eta", [float("nan"), float("inf"), "0.5", 1.5, -0.5, True])
+def test_step_refuses_eta_outside_0_1_or_not_a_number(eta):
+    sched = DDPMExtScheduler(num_train_timesteps=20)
+    sched.set_timesteps(5)
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"eta must be >= 0 and <= 1, got .*allowed: a number in \[0, 1\]"):
+        sched.step(x, int(sched.timesteps[0]), x, eta=eta)
+
+
+@pytest.mark.parametrize("eta", [0, 1, np.float64(0.5)])
+def test_step_takes_eta_in_0_1(eta):
+    sched = DDPMExtScheduler(num_train_timesteps=20)
+    sched.set_timesteps(5)
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = sched.step(x, int(sched.timesteps[0]), x, eta=eta, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(out.prev_sample).all()
+
+
+@pytest.mark.parametrize("timesteps", [[999.5, 500], [999, 0.25], ["999", 0], [True, 0], [float("nan")],
+                                       torch.tensor([999.5, 2.0])])
+def test_custom_timesteps_that_are_not_integers_are_refused(timesteps):
+    with pytest.raises(ValueError, match=r"custom timesteps must be integers, got .*allowed: integers in \[0,"):
+        DDPMExtScheduler().set_timesteps(timesteps=timesteps)
+
+
+def test_custom_timesteps_given_as_integral_floats_numpy_or_tensors_are_taken_exactly():
+    sched = DDPMExtScheduler()
+    for given in ([999.0, 500.0, 0.0], [np.int64(999), np.float32(500.0), 0], torch.tensor([999, 500, 0]),
+                  torch.tensor([999.0, 500.0, 0.0])):
+        sched.set_timesteps(timesteps=given)
+        assert sched.timesteps.tolist() == [999, 500, 0] and sched.timesteps.dtype == torch.int64
+
+
+@pytest.mark.parametrize("key", ["clip_sample", "thresholding", "rescale_betas_zero_snr"])
+@pytest.mark.parametrize("value", ["yes", "False", 1, 0, None])
+def test_bool_config_keys_must_be_bools(key, value):
+    with pytest.raises(ValueError, match=rf"{key}={value!r} is not allowed; expected a bool \(True or False\)"):
+        DDPMExtScheduler(**{key: value})
+    with pytest.raises(ValueError, match=rf"{key}={value!r} is not allowed"):
+        DDPMExtScheduler.from_config({**{k: v for k, v in DDPMExtScheduler().config.items() if k[0] != "_"}, key: value})
+    assert DDPMExtScheduler(**{key: np.bool_(False)}).config[key] == np.bool_(False)
+
+
+@pytest.mark.parametrize("shape", [(1, 20), (10, 2), (20, 1)])
+def test_trained_betas_must_be_one_dimensional(shape):
+    betas = np.full(shape, 0.01)
+    with pytest.raises(ValueError, match=rf"trained_betas has shape \({shape[0]}, {shape[1]}\); allowed: a 1-D list"):
+        DDPMExtScheduler(num_train_timesteps=20, trained_betas=betas)
+    assert DDPMExtScheduler(num_train_timesteps=20, trained_betas=betas.reshape(-1).tolist()).betas.shape == (20,)

@@ -14,6 +14,7 @@ It reaches the scheduler only through `self.scheduler`, never by importing it.
 import inspect
 import json
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -38,6 +39,18 @@ SCHEDULER_MODULE = "scheduling_ddpm_ext"
 OUTPUT_TYPES = ("pil", "np", "pt")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# what a published model consists of, for every push path (`save_pretrained(push_to_hub=True)`, `push_to_hub`,
+# `ddpm_ext.hub.push_output_dir`): the pipeline, the model card and the sample grid; checkpoints, optimizer and RNG
+# states, logs, metrics and anything else in a training folder stay local
+PUBLISH_ALLOW_PATTERNS = [
+    "model_index.json",
+    PIPELINE_MODULE + ".py",
+    "unet/*",
+    "scheduler/*",
+    "README.md",
+    "sample_grid.png",
+]
+PUBLISH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/*", ".tmp-*", "logs/*", "debug/*", "*.jsonl"]
 
 
 @dataclass
@@ -159,6 +172,7 @@ class DDPMExtPipeline(DDPMPipeline):
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        _check_generator(generator)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
                 f"got a list of {len(generator)} generators for batch_size={batch_size}; pass one per image or a"
@@ -174,8 +188,7 @@ class DDPMExtPipeline(DDPMPipeline):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not supported; allowed: {', '.join(OUTPUT_TYPES)}")
         if eta is not None:
-            if eta < 0:
-                raise ValueError(f"eta must be >= 0, got {eta}")
+            _check_eta(eta)
             if "eta" not in inspect.signature(self.scheduler.step).parameters:
                 raise ValueError(f"eta={eta} needs a scheduler whose step takes eta; {type(self.scheduler).__name__} does not")
         unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
@@ -219,6 +232,7 @@ class DDPMExtPipeline(DDPMPipeline):
             )
         if isinstance(timestep_batch_size, bool) or not isinstance(timestep_batch_size, int) or timestep_batch_size < 1:
             raise ValueError(f"timestep_batch_size must be an integer >= 1, got {timestep_batch_size!r}")
+        _check_generator(generator)
         device = self._execution_device
         x0 = self._images_to_model_range(images).to(device)
         n = x0.shape[0]
@@ -279,6 +293,8 @@ class DDPMExtPipeline(DDPMPipeline):
             images = torch.from_numpy(stacked.copy())
         if images.ndim != 4:
             raise ValueError(f"images must have shape [B, C, H, W], got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError(f"images is an empty batch (shape {tuple(images.shape)}); pass at least one image")
         if images.shape[1] != channels:
             raise ValueError(f"images have {images.shape[1]} channels but the UNet takes {channels}")
         size = self.unet.config.sample_size
@@ -290,15 +306,28 @@ class DDPMExtPipeline(DDPMPipeline):
         if not images.is_floating_point():
             raise ValueError(f"images must be uint8 or float, got {images.dtype}")
         x = images.float()
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            raise ValueError(
+                f"images hold {int((~finite).sum())} NaN or infinite values; allowed: finite values in [-1, 1] on"
+                " the 256-level grid"
+            )
         lo, hi = float(x.min()), float(x.max())
         if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
             raise ValueError(f"float images must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
         levels = (x + 1.0) * 127.5
         off = float((levels - levels.round()).abs().max())
-        if off > 1e-3:
+        # float16 / bfloat16 hold k/127.5 - 1 only approximately: rounding a grid value costs up to 127.5·eps/4
+        # levels (0.031 in fp16, 0.25 in bf16), computing it in fp16 (u.half() / 127.5 - 1) up to 127.5·eps/2. Allow
+        # 127.5·eps levels there, at most 0.3 (bf16: its rounding, not its arithmetic); 1e-3 levels in fp32/fp64
+        tol = 1e-3
+        if images.dtype not in (torch.float32, torch.float64):
+            tol = min(0.3, 127.5 * torch.finfo(images.dtype).eps)
+        if off > tol:
             raise ValueError(
                 f"float images must lie on the 256-level grid k/127.5 - 1 (k = 0..255); some values are {off:.3g}"
-                " levels off it. Quantize first: ((x + 1) * 127.5).round() / 127.5 - 1"
+                f" levels off it (allowed in {images.dtype}: {tol:.3g}). Quantize in float32 first:"
+                " ((x.float() + 1) * 127.5).round() / 127.5 - 1, or pass uint8 images"
             )
         return levels.round() / 127.5 - 1.0
 
@@ -317,23 +346,33 @@ class DDPMExtPipeline(DDPMPipeline):
         `pipeline_ddpm_ext.py`, the scheduler's module as `scheduler/scheduling_ddpm_ext.py`, and a
         `model_index.json` naming them as `[module, class]`, so `DiffusionPipeline.from_pretrained(folder,
         trust_remote_code=True)` works without ddpm-ext and `DDPMExtPipeline.from_pretrained(folder)` with it.
-        Takes the arguments of `DiffusionPipeline.save_pretrained`.
+        Takes the arguments of `DiffusionPipeline.save_pretrained`; with `push_to_hub=True` (and `repo_id`, `token`,
+        `private`, `commit_message`, `create_pr`) it uploads only the pipeline files, `README.md` (written if
+        missing) and `sample_grid.png` (`PUBLISH_ALLOW_PATTERNS`), never the other files of the folder.
         """
         super().save_pretrained(
             save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size
         )
         write_remote_code_layout(self, save_directory)
         if push_to_hub:
+            # only the pipeline, the model card and the sample grid: never the checkpoints, logs or other files of
+            # a training folder saved into (PUBLISH_ALLOW_PATTERNS)
             repo_id = kwargs.pop("repo_id", str(save_directory).rstrip(os.sep).split(os.sep)[-1])
-            repo_id = create_repo(
-                repo_id, exist_ok=True, private=kwargs.pop("private", None), token=kwargs.get("token")
-            ).repo_id
-            self._upload_folder(
-                save_directory,
-                repo_id,
-                token=kwargs.get("token"),
-                commit_message=kwargs.get("commit_message"),
+            validate_repo_id(repo_id)
+            token = kwargs.get("token")
+            repo_id = create_repo(repo_id, exist_ok=True, private=kwargs.pop("private", None), token=token).repo_id
+            card = os.path.join(save_directory, "README.md")
+            if not os.path.exists(card):  # as diffusers does, the pushed folder gets a model card
+                with open(card, "w", encoding="utf-8") as f:
+                    f.write(default_model_card(self, repo_id))
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=save_directory,
+                token=token,
+                commit_message=kwargs.get("commit_message") or f"Upload {type(self).__name__}",
                 create_pr=kwargs.get("create_pr", False),
+                allow_patterns=PUBLISH_ALLOW_PATTERNS,
+                ignore_patterns=PUBLISH_IGNORE_PATTERNS,
             )
 
     def push_to_hub(
@@ -379,6 +418,8 @@ class DDPMExtPipeline(DDPMPipeline):
                 commit_message=commit_message or f"Upload {type(self).__name__}",
                 create_pr=create_pr,
                 revision=revision,
+                allow_patterns=PUBLISH_ALLOW_PATTERNS,
+                ignore_patterns=PUBLISH_IGNORE_PATTERNS,
             )
 
     @classmethod
@@ -414,6 +455,26 @@ def _scheduler_learns_variance(scheduler) -> bool:
     # a config copied from another scheduler may carry variance_type without the class using it (DDIMScheduler)
     takes_it = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
     return takes_it and getattr(scheduler.config, "variance_type", None) in LEARNED_VARIANCE_TYPES
+
+
+def _check_eta(eta) -> None:
+    """η of a DDIM step: a real number in [0, 1] (Song et al. 2021: σ_t = η √β̃_t, 0 deterministic, 1 ancestral)."""
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not math.isfinite(eta) or not 0 <= eta <= 1:
+        raise ValueError(
+            f"eta must be >= 0 and <= 1, got {eta!r}; allowed: a number in [0, 1] (0 deterministic DDIM, 1 the"
+            " ancestral variance) or None for DDPM steps"
+        )
+
+
+def _check_generator(generator) -> None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
+        return
+    raise ValueError(
+        f"generator={generator!r} is not allowed; expected None, a torch.Generator (e.g."
+        " torch.Generator().manual_seed(0)) or a list of them, one per image"
+    )
 
 
 def _check_channels(unet, scheduler) -> None:

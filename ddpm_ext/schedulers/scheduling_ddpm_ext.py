@@ -9,6 +9,7 @@ Notation (Ho et al. 2020 "DDPM", Nichol & Dhariwal 2021 "IDDPM"): β_t the varia
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
@@ -142,6 +143,13 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         _check_choice("variance_type", variance_type, VARIANCE_TYPES)
         _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         _check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+        for key, value in (
+            ("clip_sample", clip_sample),
+            ("thresholding", thresholding),
+            ("rescale_betas_zero_snr", rescale_betas_zero_snr),
+        ):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{key}={value!r} is not allowed; expected a bool (True or False)")
         if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)):
             raise ValueError(f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}")
         if num_train_timesteps < 1:
@@ -289,7 +297,7 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("pass either num_inference_steps or timesteps, not both")
         if timesteps is not None:
-            ts = [int(t) for t in timesteps]
+            ts = [_integral_timestep(t) for t in timesteps]
             if len(ts) == 0:
                 raise ValueError("timesteps must not be empty")
             if any(b >= a for a, b in zip(ts, ts[1:])):
@@ -436,6 +444,8 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         Returns:
             [`DDPMExtSchedulerOutput`] or `tuple`: (prev_sample, pred_original_sample).
         """
+        if eta is not None:
+            _check_eta(eta)
         t, c = self._coefficients(timestep)
         model_output, predicted_variance = self._split_model_output(model_output, sample, eta)
         # x̂_0 is a fresh tensor except for prediction_type "sample", where it is the model's own output
@@ -738,6 +748,22 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def _check_eta(eta) -> None:
+    # σ_t = η √β̃_t: η in [0, 1] interpolates DDIM (0) and the ancestral variance (1)
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not math.isfinite(eta) or not 0 <= eta <= 1:
+        raise ValueError(f"eta must be >= 0 and <= 1, got {eta!r}; allowed: a number in [0, 1] or None for DDPM steps")
+
+
+def _integral_timestep(t) -> int:
+    """A custom timestep as an int: integers, or floats / 1-element tensors with an integral value (999.0)."""
+    value = t
+    if isinstance(t, torch.Tensor) and t.numel() == 1 or isinstance(t, (np.ndarray, np.generic)) and np.size(t) == 1:
+        value = t.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ValueError(f"custom timesteps must be integers, got {t!r}; allowed: integers in [0, num_train_timesteps)")
+    return int(value)
+
+
 def _check_choice(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{key}={value!r} is not supported; allowed values: {', '.join(allowed)}")
@@ -753,7 +779,9 @@ def _make_betas(
     """The β schedule in float64, validated to lie in (0, 1)."""
     T = int(num_train_timesteps)
     if trained_betas is not None:
-        betas = np.asarray(trained_betas, dtype=np.float64).reshape(-1)
+        betas = np.asarray(trained_betas, dtype=np.float64)
+        if betas.ndim != 1:
+            raise ValueError(f"trained_betas has shape {betas.shape}; allowed: a 1-D list of {T} betas, one per timestep")
         if betas.shape[0] != T:
             raise ValueError(
                 f"trained_betas has {betas.shape[0]} values but num_train_timesteps={T}; they must be equal"

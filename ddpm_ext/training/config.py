@@ -99,7 +99,8 @@ class TrainingConfig:
         save_images_epochs (`int`, defaults to 10), save_model_epochs (`int`, defaults to 10): sample grids and
             pipeline saves every this many epochs (and always at the end).
         push_to_hub (`bool`), hub_model_id (`str`), hub_token (`str`), hub_private_repo (`bool`): publish the saved
-            pipeline, model card and sample grid at the end (never checkpoints or logs).
+            pipeline, model card and sample grid at the end (never checkpoints or logs); the repo id is checked and
+            the repo created before the first step, so a bad id, token or endpoint fails at once.
         use_fused_adam (`bool`, defaults to `True`): fused (else foreach) AdamW where torch supports it.
         ema_foreach (`bool`, defaults to `True`): `torch._foreach` EMA updates.
         channels_last (`bool`, defaults to `False`): channels-last memory format.
@@ -252,6 +253,15 @@ class TrainingConfig:
             )
         if not self.output_dir:
             raise ValueError("output_dir must be a non-empty path")
+        _check_output_dir(self.output_dir)
+        if self.push_to_hub:  # the syntax now; the Hub itself is reached in DDPMTrainer.setup, before training
+            from ..hub import check_repo_id
+
+            if self.hub_model_id is not None:
+                check_repo_id(self.hub_model_id, "hub_model_id")
+            else:
+                name = os.path.basename(os.path.abspath(self.output_dir))
+                check_repo_id(name, "hub_model_id (unset, so output_dir's name)")
         if self.resume_from_checkpoint is not None and self.resume_from_checkpoint != "latest":
             if not os.path.isdir(self.resume_from_checkpoint):
                 raise ValueError(
@@ -277,6 +287,17 @@ class TrainingConfig:
 def _choice(name: str, value: Any, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(str, allowed))}")
+
+
+def _check_output_dir(path: str) -> None:
+    """`output_dir` must be a folder or creatable as one: not a file, not below a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"output_dir={path!r} is an existing file; allowed: an existing folder or a new path")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"output_dir={path!r} lies below the file {parent!r}; allowed: a path under a folder")
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -297,6 +297,11 @@ class DDPMTrainer:
 
             if importlib.util.find_spec("wandb") is None:
                 raise ValueError("logger='wandb' needs `pip install wandb`; allowed loggers: tensorboard, wandb, none")
+        if cfg.push_to_hub and accelerator.is_main_process:  # a bad id, token or endpoint fails now, not at the end
+            from ..hub import check_push_access
+
+            repo_id = cfg.hub_model_id or os.path.basename(os.path.abspath(cfg.output_dir))
+            check_push_access(repo_id, token=cfg.hub_token, private=cfg.hub_private_repo)
 
         self._load_data(default_data)
         num_train = len(self.train_source)

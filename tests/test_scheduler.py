@@ -485,3 +485,28 @@ def test_step_on_the_meta_device_never_reads_a_value():
         x = torch.empty(2, 3, 4, 4, device="meta")
         out = ours.step(torch.empty(2, channels, 4, 4, device="meta"), torch.tensor(480, device="meta"), x)
         assert out.prev_sample.device.type == "meta" and out.prev_sample.shape == x.shape
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
+                                           "learned", "learned_range"])
+def test_get_variance_has_ddpm_schedulers_semantics(variance_type):
+    theirs, ours = _pair(beta_schedule="squaredcos_cap_v2", variance_type=variance_type)
+    predicted = torch.tanh(torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(0)))
+    for n in (None, 7):
+        if n is not None:
+            theirs.set_timesteps(n)
+            ours.set_timesteps(n)
+        for t in ([999, 487, 1, 0] if n is None else [int(t) for t in ours.timesteps]):
+            a = theirs._get_variance(t, predicted_variance=predicted)
+            b = ours._get_variance(t, predicted_variance=predicted)
+            assert b.shape == a.shape and b.dtype == torch.float32
+            # DDPMScheduler's float32 tables lose ~2e-4 relative at t = 1 (1 - ᾱ cancels); ours are float64
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-9)
+    ac = np.cumprod(1 - DDPMScheduler(beta_schedule="squaredcos_cap_v2").betas.double().numpy())
+    ours = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2")
+    expected = (1 - ac[0]) / (1 - ac[1]) * (1 - ac[1] / ac[0])  # float64 β̃ at t = 1
+    assert abs(ours._get_variance(1, variance_type="fixed_small").item() / expected - 1) < 1e-6
+    # the golden value of diffusers' own DDPMSchedulerTest.test_variance: posterior variance at t=487
+    assert abs(DDPMExtScheduler()._get_variance(487).item() - 0.00979) < 1e-5
+    with pytest.raises(ValueError, match="variance_type='nope' is not supported"):
+        ours._get_variance(5, variance_type="nope")

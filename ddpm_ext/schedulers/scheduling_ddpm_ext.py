@@ -345,6 +345,9 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
             self.num_inference_steps = n
         self.timesteps = torch.from_numpy(arr).to(device)
         self._build_step_table([int(t) for t in arr])
+        if self.timesteps.device.type != "cpu":
+            # copied to the device now, so the loop's first step with a device timestep makes no host-to-device copy
+            self._table("step_coefficients", self.timesteps.device, torch.float32)
 
     def previous_timestep(self, timestep: Union[int, torch.Tensor]) -> Union[int, torch.Tensor]:
         """The timestep that follows `timestep` in the current reverse chain (-1 after the last)."""
@@ -357,6 +360,49 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         coefs = self._steps.get(t)
         prev = coefs.prev_t if coefs is not None else t - 1
         return torch.tensor(prev) if isinstance(timestep, torch.Tensor) else prev
+
+    def _get_variance(
+        self,
+        t: Union[int, torch.Tensor],
+        predicted_variance: Optional[torch.Tensor] = None,
+        variance_type: Optional[str] = None,
+    ) -> torch.Tensor:
+        """
+        The variance term of the step t -> `previous_timestep(t)` exactly as `DDPMScheduler._get_variance` defines it
+        (diffusers' own pipelines call it), from the float64 tables: β̃_t clamped at 1e-20 (`fixed_small`), its
+        square root (`fixed_small_log`), β_t (`fixed_large`), log β_t (`fixed_large_log`), the model's output
+        (`learned`) or IDDPM eq. 15's log-variance (`learned_range`). `step` does not use it.
+
+        Args:
+            t (`int` or `torch.Tensor`): the current timestep.
+            predicted_variance (`torch.Tensor`, *optional*): the model's variance channels (learned types).
+            variance_type (`str`, *optional*): defaults to the config's.
+
+        Returns:
+            `torch.Tensor`: a float32 scalar, or a tensor shaped like `predicted_variance` for the learned types.
+        """
+        variance_type = self.config.variance_type if variance_type is None else variance_type
+        _check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        if variance_type in LEARNED_VARIANCE_TYPES and predicted_variance is None:
+            raise ValueError(f"variance_type={variance_type!r} needs predicted_variance")
+        t = int(t)
+        prev_t = int(self.previous_timestep(t))
+        ac = self._tables64["alphas_cumprod"]
+        a_t, a_prev = ac[t], (ac[prev_t] if prev_t >= 0 else 1.0)
+        beta = 1.0 - a_t / a_prev
+        variance = max((1.0 - a_prev) / (1.0 - a_t) * beta, 1e-20)  # DDPM eq. 7, clamped as diffusers does
+        if variance_type == "learned":
+            return predicted_variance
+        if variance_type == "learned_range":
+            frac = (predicted_variance + 1) / 2  # IDDPM eq. 15
+            return frac * math.log(beta) + (1 - frac) * math.log(variance)
+        value = {
+            "fixed_small": variance,
+            "fixed_small_log": math.sqrt(variance),
+            "fixed_large": beta,
+            "fixed_large_log": math.log(beta),
+        }[variance_type]
+        return torch.tensor(value, dtype=torch.float32)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

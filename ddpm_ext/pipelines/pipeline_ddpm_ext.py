@@ -33,7 +33,7 @@ from huggingface_hub.utils import validate_repo_id
 
 PIPELINE_MODULE = "pipeline_ddpm_ext"
 SCHEDULER_MODULE = "scheduling_ddpm_ext"
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 
 
@@ -65,7 +65,8 @@ class DDPMExtPipeline(DDPMPipeline):
             needs `DDPMExtScheduler`).
     """
 
-    _callback_tensor_inputs = ["image", "model_output"]
+    # "latents" is diffusers' name for the running sample; "image" is ddpm-ext's older name for it, kept as an alias
+    _callback_tensor_inputs = ["latents", "image", "model_output"]
     # set by the installed package to its DDPMExtScheduler, so loading runs no remote code; None in saved copies
     _default_scheduler_class = None
 
@@ -84,7 +85,7 @@ class DDPMExtPipeline(DDPMPipeline):
         return_dict: bool = True,
         eta: Optional[float] = None,
         callback_on_step_end: Optional[Union[Callable, PipelineCallback, MultiPipelineCallbacks]] = None,
-        callback_on_step_end_tensor_inputs: List[str] = ["image"],
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
     ) -> Union[ImagePipelineOutput, Tuple]:
         """
         Generate images by running the reverse process from x_T ~ N(0, I).
@@ -95,14 +96,16 @@ class DDPMExtPipeline(DDPMPipeline):
                 gives each image its own stream, so image i is the same whatever the batch size.
             num_inference_steps (`int`, *optional*): reverse steps, respaced over the training chain; defaults to
                 the whole chain (`num_train_timesteps`, 1000 for DDPM models, as in `DDPMPipeline`).
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (a [B, C, H, W] tensor in [0, 1]).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` (a [B, C, H, W] tensor in [0, 1]) or
+                `"latent"` (the raw final sample x_0 in the model's range, as diffusers' pipelines return it).
             return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` instead of a tuple.
             eta (`float`, *optional*): `None` takes ancestral DDPM steps; a number takes DDIM steps with that η
                 (0 deterministic, 1 ancestral).
             callback_on_step_end (`Callable`, *optional*): called as `fn(pipe, i, t, callback_kwargs)` after each
-                step; may return a dict that replaces the named tensors (e.g. `{"image": ...}`).
-            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["image"]`): the tensors passed in
-                `callback_kwargs`; allowed: `image`, `model_output`.
+                step; may return a dict that replaces the running sample (`{"latents": ...}`).
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): the tensors passed in
+                `callback_kwargs`; allowed: `latents` (the running sample x_t), `image` (the same tensor under
+                ddpm-ext's earlier name), `model_output`.
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`.
@@ -122,6 +125,7 @@ class DDPMExtPipeline(DDPMPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps)
         timesteps = [int(t) for t in self.scheduler.timesteps]
+        self._num_timesteps = len(timesteps)
         # one host-to-device copy for the whole loop; the scheduler gets plain ints (no per-step host sync)
         timesteps_device = torch.tensor(timesteps, device=device, dtype=torch.long)
         pass_full_output = _scheduler_learns_variance(self.scheduler)
@@ -136,11 +140,15 @@ class DDPMExtPipeline(DDPMPipeline):
                 model_output = model_output[:, :channels]  # a scheduler without learned variance: drop it
             image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
-                local = {"image": image, "model_output": model_output}
+                local = {"latents": image, "image": image, "model_output": model_output}
                 callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
                 returned = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                image = returned.get("image", image)
+                replaced = returned.get("latents", image)
+                image = replaced if replaced is not image else returned.get("image", image)
 
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            return (image,) if not return_dict else ImagePipelineOutput(images=image)
         image = (image.float() / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).numpy()
@@ -180,6 +188,11 @@ class DDPMExtPipeline(DDPMPipeline):
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs {unknown} not allowed; allowed: {self._callback_tensor_inputs}"
             )
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of denoising steps of the last (or running) call."""
+        return getattr(self, "_num_timesteps", None)
 
     # ------------------------------------------------------------------ likelihood
     @torch.no_grad()

@@ -175,3 +175,20 @@ def test_fp16_training_run_on_cuda_saves_a_pipeline_that_samples(tmp_path):
     images = pipe(batch_size=4, num_inference_steps=10, output_type="pt",
                   generator=torch.Generator(CUDA).manual_seed(0)).images
     assert images.shape == (4, 1, 16, 16) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,dtype",
+    [
+        (dict(dtype=torch.float16), torch.float16),
+        (dict(torch_dtype={"unet": torch.bfloat16, "default": torch.float16}), torch.bfloat16),
+    ],
+)
+def test_half_precision_loading_through_dtype_keywords_samples_on_cuda(tmp_path, kwargs, dtype):
+    DDPMExtPipeline(tiny_unet(sample_size=16), DDPMExtScheduler(num_train_timesteps=100)).save_pretrained(tmp_path / "m")
+    pipe = DDPMExtPipeline.from_pretrained(tmp_path / "m", **kwargs).to(CUDA)
+    assert pipe.unet.dtype == dtype
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=10, output_type="pt",
+                  generator=torch.Generator(CUDA).manual_seed(0)).images
+    assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()

@@ -485,6 +485,7 @@ def test_step_on_the_meta_device_never_reads_a_value():
         x = torch.empty(2, 3, 4, 4, device="meta")
         out = ours.step(torch.empty(2, channels, 4, 4, device="meta"), torch.tensor(480, device="meta"), x)
         assert out.prev_sample.device.type == "meta" and out.prev_sample.shape == x.shape
+        assert ours.previous_timestep(torch.tensor(480, device="meta")).device.type == "meta"
 
 
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",

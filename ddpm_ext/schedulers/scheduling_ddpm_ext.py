@@ -278,7 +278,9 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
             if c.prev_t < 0:
                 dense[t, _TABLE_FIELDS.index("noise_scale")] = 0.0
         self._tables64["step_coefficients"] = dense
-        for key in [k for k in self._device_tables if k[0] == "step_coefficients"]:
+        T = len(dense)
+        self._tables64["prev_timesteps"] = np.array([table[t].prev_t if t in table else t - 1 for t in range(T)])
+        for key in [k for k in self._device_tables if k[0] in ("step_coefficients", "prev_timesteps")]:
             del self._device_tables[key]
 
     # ------------------------------------------------------------------ diffusers scheduler API
@@ -352,9 +354,7 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
     def previous_timestep(self, timestep: Union[int, torch.Tensor]) -> Union[int, torch.Tensor]:
         """The timestep that follows `timestep` in the current reverse chain (-1 after the last)."""
         if not _reads_on_host(timestep):  # a device tensor: looked up there, without a host sync
-            T = self.config.num_train_timesteps
-            prev = [self._steps[t].prev_t if t in self._steps else t - 1 for t in range(T)]
-            prev = torch.tensor(prev, device=timestep.device)
+            prev = self._table("prev_timesteps", timestep.device, torch.long)
             return torch.index_select(prev, 0, timestep.reshape(1).long()).reshape(())
         t = int(timestep)
         coefs = self._steps.get(t)

@@ -14,6 +14,7 @@ from .test_schedulers import SchedulerCommonTest
 
 class DDPMSchedulerTest(SchedulerCommonTest):
     scheduler_classes = (DDPMExtScheduler,)  # ddpm-ext change: was (DDPMScheduler,)
+    __test__ = True  # ddpm-ext change: the base class is marked __test__ = False
 
     def get_scheduler_config(self, **kwargs):
         config = {

@@ -60,6 +60,9 @@ logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 
 class SchedulerCommonTest(unittest.TestCase):
+    # ddpm-ext change: not collected on its own (with no scheduler_classes its tests pass vacuously); subclasses set
+    # __test__ = True
+    __test__ = False
     scheduler_classes = ()
     forward_default_kwargs = ()
 

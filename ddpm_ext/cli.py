@@ -121,10 +121,24 @@ def _device(name: Optional[str]):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _load(model: str, device):
+def _from_pretrained(model: str):
+    """DDPMExtPipeline.from_pretrained without diffusers' component-loading progress bar (the command's output is
+    its own lines; an error stays one line)."""
+    from diffusers.utils import logging as diffusers_logging
+
     from .pipelines import DDPMExtPipeline
 
-    pipe = DDPMExtPipeline.from_pretrained(model).to(device)
+    enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        return DDPMExtPipeline.from_pretrained(model)
+    finally:
+        if enabled:
+            diffusers_logging.enable_progress_bar()
+
+
+def _load(model: str, device):
+    pipe = _from_pretrained(model).to(device)
     pipe.unet.eval()
     return pipe
 
@@ -244,7 +258,6 @@ def _demo(args, extra) -> int:
     import torch
 
     from .evaluation import frechet_distance, reference_digits, sample_images
-    from .pipelines import DDPMExtPipeline
     from .training import TrainingConfig, train
 
     started = time.perf_counter()
@@ -278,7 +291,7 @@ def _demo(args, extra) -> int:
         print(f"training stopped by signal {result.interrupted_by}; checkpoint in {result.checkpoint}", file=sys.stderr)
         return 128 + int(result.interrupted_by)
     trained = time.perf_counter()
-    pipe = DDPMExtPipeline.from_pretrained(out)
+    pipe = _from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
     steps = min(args.steps, args.train_timesteps)
     print(f"[2/4] sampling {args.num_samples} images with {steps} steps", flush=True)

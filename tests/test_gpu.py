@@ -51,6 +51,36 @@ def test_step_on_cuda_matches_diffusers_and_never_syncs(variance_type):
     torch.testing.assert_close(xs_ours, xs_stock, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range"])
+def test_mid_chain_start_with_cuda_timesteps_equals_the_cpu_result_and_never_syncs(variance_type, monkeypatch):
+    # SDEdit / img2img: start at t=480 of a 50-step chain, timesteps as CUDA tensors (scheduler.timesteps[i]); the
+    # same pre-drawn noise on both devices, so any difference is in the coefficients
+    config = dict(beta_schedule="squaredcos_cap_v2", variance_type=variance_type)
+    cpu, gpu = DDPMExtScheduler(**config), DDPMExtScheduler(**config)
+    cpu.set_timesteps(50)
+    gpu.set_timesteps(50, device=CUDA)
+    start = int((cpu.timesteps == 480).nonzero()[0, 0])
+    steps = len(cpu.timesteps) - start
+    channels = 6 if variance_type == "learned_range" else 3
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    outs = [torch.randn(2, channels, 8, 8, generator=g) * 0.5 for _ in range(steps)]
+    noises = [torch.randn(2, 3, 8, 8, generator=g) for _ in range(steps)]
+    draws = iter(noises)
+    monkeypatch.setattr(cpu, "_draw_noise", lambda like, generator: next(draws))
+    x_cpu = x.clone()
+    for i in range(steps):
+        x_cpu = cpu.step(outs[i], cpu.timesteps[start + i], x_cpu).prev_sample
+    draws_gpu = iter([n.to(CUDA) for n in noises])
+    monkeypatch.setattr(gpu, "_draw_noise", lambda like, generator: next(draws_gpu))
+    outs_gpu = [o.to(CUDA) for o in outs]
+    x_gpu = x.to(CUDA)
+    with _SyncFree():
+        for i in range(steps):
+            x_gpu = gpu.step(outs_gpu[i], gpu.timesteps[start + i], x_gpu).prev_sample
+    torch.testing.assert_close(x_gpu.cpu(), x_cpu, rtol=1e-4, atol=1e-4)
+
+
 def test_pipeline_loop_on_cuda_never_syncs_between_steps():
     pipe = DDPMExtPipeline(unet=tiny_unet(sample_size=16).to(CUDA), scheduler=DDPMExtScheduler(num_train_timesteps=100))
     pipe.set_progress_bar_config(disable=True)
@@ -145,3 +175,20 @@ def test_fp16_training_run_on_cuda_saves_a_pipeline_that_samples(tmp_path):
     images = pipe(batch_size=4, num_inference_steps=10, output_type="pt",
                   generator=torch.Generator(CUDA).manual_seed(0)).images
     assert images.shape == (4, 1, 16, 16) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,dtype",
+    [
+        (dict(dtype=torch.float16), torch.float16),
+        (dict(torch_dtype={"unet": torch.bfloat16, "default": torch.float16}), torch.bfloat16),
+    ],
+)
+def test_half_precision_loading_through_dtype_keywords_samples_on_cuda(tmp_path, kwargs, dtype):
+    DDPMExtPipeline(tiny_unet(sample_size=16), DDPMExtScheduler(num_train_timesteps=100)).save_pretrained(tmp_path / "m")
+    pipe = DDPMExtPipeline.from_pretrained(tmp_path / "m", **kwargs).to(CUDA)
+    assert pipe.unet.dtype == dtype
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=10, output_type="pt",
+                  generator=torch.Generator(CUDA).manual_seed(0)).images
+    assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()

@@ -192,37 +192,162 @@ def test_swapping_to_ddim_saves_a_stock_scheduler_entry(saved, tmp_path):
     assert type(DDPMExtPipeline.from_pretrained(tmp_path / "ddim").scheduler) is DDIMScheduler
 
 
-# ---------------------------------------------------------------- bad folders
-def test_missing_weights_name_the_missing_file(saved):
-    folder, _ = saved
-    os.remove(folder / "unet" / "diffusion_pytorch_model.safetensors")
-    with pytest.raises(FileNotFoundError, match="missing UNet weights in .*unet.*diffusion_pytorch_model.safetensors"):
-        DDPMExtPipeline.from_pretrained(folder)
-
-
-def test_corrupt_weights_are_reported(saved):
-    folder, _ = saved
-    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(ValueError, match="UNet"):
-        DDPMExtPipeline.from_pretrained(folder)
-
-
-def test_truncated_weights_are_reported(saved):
-    folder, _ = saved
+# ---------------------------------------------------------------- bad folders: the same errors as DDPMPipeline
+def _damage(folder, how):
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(ValueError, match="UNet"):
-        DDPMExtPipeline.from_pretrained(folder)
+    if how == "missing_weights":
+        os.remove(weights)
+    elif how == "corrupt_weights":
+        weights.write_bytes(b"\x00garbage" * 10)
+    elif how == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "corrupt_model_index":
+        (folder / "model_index.json").write_text('{"unet": ["diffusers", ')
+    else:
+        os.remove(folder / "model_index.json")
 
 
-def test_corrupt_model_index_is_reported(saved):
+@pytest.mark.parametrize(
+    "how", ["missing_weights", "corrupt_weights", "truncated_weights", "corrupt_model_index", "missing_model_index"]
+)
+def test_a_damaged_folder_raises_what_ddpm_pipeline_raises(saved, tmp_path, how):
+    # a deliberate change (issue 13): loading is diffusers' own, so the errors are DDPMPipeline's, naming the file
     folder, _ = saved
-    (folder / "model_index.json").write_text('{"unet": ["diffusers", ')
-    with pytest.raises(ValueError, match="corrupt model_index.json"):
-        DDPMExtPipeline.from_pretrained(folder)
-    os.remove(folder / "model_index.json")
-    with pytest.raises(FileNotFoundError, match="no model_index.json"):
-        DDPMExtPipeline.from_pretrained(folder)
+    stock = tmp_path / "stock"
+    DDPMPipeline(tiny_unet(1), DDPMScheduler(num_train_timesteps=50)).save_pretrained(stock)
+    _damage(folder, how)
+    _damage(stock, how)
+    with pytest.raises(Exception) as theirs:
+        DDPMPipeline.from_pretrained(stock)
+    for load, path in [(DDPMExtPipeline.from_pretrained, folder), (DDPMExtPipeline.from_pretrained, stock)]:
+        with pytest.raises(type(theirs.value)) as ours:
+            load(path)
+        assert str(ours.value) == str(theirs.value).replace(str(stock), str(path))
+
+
+# ---------------------------------------------------------------- loading keywords: as for DDPMPipeline, every route
+def _logged(fn):
+    """Run fn() with diffusers' INFO logging on; return (result, the messages diffusers logged)."""
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    root = logging.getLogger("diffusers")
+    level = diffusers_logging.get_verbosity()
+    root.addHandler(handler)
+    diffusers_logging.set_verbosity_info()
+    try:
+        return fn(), messages
+    finally:
+        root.removeHandler(handler)
+        diffusers_logging.set_verbosity(level)
+
+
+KEYWORD_CASES = [
+    (dict(dtype=torch.float16), torch.float16),
+    (dict(torch_dtype=torch.bfloat16), torch.bfloat16),
+    (dict(torch_dtype={"unet": torch.bfloat16, "default": torch.float16}), torch.bfloat16),
+    (dict(dtype={"default": torch.float16}), torch.float16),
+]
+
+LOADERS = {
+    "plugin": lambda folder, **kw: DDPMExtPipeline.from_pretrained(folder, **kw),
+    "remote_code_with_plugin": lambda folder, **kw: DiffusionPipeline.from_pretrained(folder, trust_remote_code=True, **kw),
+}
+
+
+@pytest.fixture
+def stock_and_variant(saved, tmp_path):
+    folder, _ = saved
+    stock = tmp_path / "stock"
+    DDPMPipeline(tiny_unet(1), DDPMScheduler(num_train_timesteps=50)).save_pretrained(stock)
+    DDPMPipeline.from_pretrained(stock).save_pretrained(tmp_path / "stock_fp16", variant="fp16")
+    DDPMExtPipeline.from_pretrained(folder).save_pretrained(tmp_path / "ext_fp16", variant="fp16")
+    return folder, stock, tmp_path / "stock_fp16", tmp_path / "ext_fp16"
+
+
+@pytest.mark.parametrize("route", list(LOADERS))
+def test_loading_keywords_behave_as_for_ddpm_pipeline(stock_and_variant, route):
+    folder, stock, stock_fp16, ext_fp16 = stock_and_variant
+    load = LOADERS[route]
+    for kwargs, dtype in KEYWORD_CASES:
+        assert DDPMPipeline.from_pretrained(stock, **kwargs).unet.dtype == dtype
+        assert load(folder, **kwargs).unet.dtype == dtype, kwargs
+    # a variant that is not there: diffusers' ValueError, word for word; one that is there loads
+    with pytest.raises(ValueError) as theirs:
+        DDPMPipeline.from_pretrained(stock, variant="fp16")
+    with pytest.raises(ValueError) as ours:
+        load(folder, variant="fp16")
+    assert str(ours.value) == str(theirs.value)
+    assert load(ext_fp16, variant="fp16").unet.dtype == torch.float32
+    # unknown keywords: diffusers' warning; each loaded component logged
+    _, theirs_log = _logged(lambda: DDPMPipeline.from_pretrained(stock, not_a_keyword=1))
+    pipe, ours_log = _logged(lambda: load(folder, not_a_keyword=1))
+    assert "Keyword arguments {'not_a_keyword': 1} are not expected by DDPMPipeline and will be ignored." in theirs_log
+    assert "Keyword arguments {'not_a_keyword': 1} are not expected by DDPMExtPipeline and will be ignored." in ours_log
+    for name, cls in [("unet", "UNet2DModel"), ("scheduler", "DDPMExtScheduler")]:
+        assert f"Loaded {name} as {cls} from `{name}` subfolder of {folder}." in ours_log
+    assert type(pipe.scheduler).__name__ == "DDPMExtScheduler"
+    # a passed component is used as is
+    unet = tiny_unet(1, 2)
+    assert load(folder, unet=unet).unet is unet
+
+
+def test_stock_layout_upgrade_takes_the_keywords_too(stock_and_variant):
+    _, stock, stock_fp16, _ = stock_and_variant
+    for kwargs, dtype in KEYWORD_CASES:
+        pipe = DDPMExtPipeline.from_pretrained(stock, **kwargs)
+        assert type(pipe.scheduler) is DDPMExtScheduler and pipe.unet.dtype == dtype
+    with pytest.raises(ValueError) as theirs:
+        DDPMPipeline.from_pretrained(stock, variant="fp16")
+    with pytest.raises(ValueError) as ours:
+        DDPMExtPipeline.from_pretrained(stock, variant="fp16")
+    assert str(ours.value) == str(theirs.value)
+    assert type(DDPMExtPipeline.from_pretrained(stock_fp16, variant="fp16").scheduler) is DDPMExtScheduler
+    _, log = _logged(lambda: DDPMExtPipeline.from_pretrained(stock, not_a_keyword=1))
+    assert "Keyword arguments {'not_a_keyword': 1} are not expected by DDPMExtPipeline and will be ignored." in log
+    assert f"Loaded scheduler as DDPMExtScheduler from `scheduler` subfolder of {stock}." in log
+
+
+def test_loading_keywords_without_the_plugin(stock_and_variant, tmp_path):
+    folder, stock, _, ext_fp16 = stock_and_variant
+    with pytest.raises(ValueError) as theirs:
+        DDPMPipeline.from_pretrained(stock, variant="fp16")
+    expected_variant_error = str(theirs.value)
+    out = _run(
+        BLOCK_PLUGIN
+        + f"""
+import logging, torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+folder, ext_fp16 = {str(folder)!r}, {str(ext_fp16)!r}
+load = lambda path, **kw: DiffusionPipeline.from_pretrained(path, trust_remote_code=True, **kw)
+for kwargs, dtype in {[(repr(k), repr(d)) for k, d in KEYWORD_CASES]!r}:
+    kwargs, dtype = eval(kwargs), eval(dtype)
+    assert load(folder, **kwargs).unet.dtype == dtype, kwargs
+try:
+    load(folder, variant="fp16")
+except ValueError as e:
+    assert str(e) == {expected_variant_error!r}, str(e)
+else:
+    raise SystemExit("no ValueError for a missing variant")
+assert load(ext_fp16, variant="fp16").unet.dtype == torch.float32
+messages = []
+handler = logging.Handler()
+handler.emit = lambda record: messages.append(record.getMessage())
+logging.getLogger("diffusers").addHandler(handler)
+diffusers_logging.set_verbosity_info()
+load(folder, not_a_keyword=1)
+assert "Keyword arguments {{'not_a_keyword': 1}} are not expected by DDPMExtPipeline and will be ignored." in messages
+assert "Loaded scheduler as DDPMExtScheduler from `scheduler` subfolder of " + folder + "." in messages, messages
+print("ddpm_ext" in sys.modules)
+""",
+        cwd=tmp_path,
+    )
+    assert out.split()[-1] == "False"
 
 
 def test_unet_that_does_not_fit_the_saved_variance_type_is_reported(saved):

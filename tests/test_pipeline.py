@@ -75,6 +75,41 @@ def test_callback_on_step_end_sees_every_step_and_can_replace_the_image():
     assert torch.equal(out, torch.zeros_like(out))
 
 
+def test_callback_contract_of_diffusers_latents_num_timesteps_and_latent_output():
+    pipe = _pipe()
+    assert pipe.num_timesteps is None
+    seen = []
+
+    def callback(p, i, t, kwargs):
+        assert set(kwargs) == {"latents"}  # the default tensor inputs
+        seen.append((i, p.num_timesteps))
+        if i == p.num_timesteps - 1:
+            kwargs["latents"] = torch.zeros_like(kwargs["latents"])
+        return kwargs
+
+    latent = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                  output_type="latent", callback_on_step_end=callback).images
+    assert seen == [(i, 4) for i in range(4)] and pipe.num_timesteps == 4
+    assert isinstance(latent, torch.Tensor) and latent.shape == (2, 1, 8, 8) and latent.abs().sum() == 0
+    # the raw final sample: "pt" is that tensor mapped from [-1, 1] to [0, 1]
+    raw = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(1), output_type="latent",
+               return_dict=False)[0]
+    pt = _sample(pipe, steps=4, seed=1)
+    torch.testing.assert_close(pt, (raw / 2 + 0.5).clamp(0, 1))
+    assert float(raw.abs().max()) > 0
+
+
+def test_callback_image_alias_still_replaces_the_sample_when_returned_with_latents():
+    pipe = _pipe()
+
+    def callback(p, i, t, kwargs):
+        assert kwargs["image"] is kwargs["latents"]
+        return {**kwargs, "image": torch.full_like(kwargs["image"], -1.0)}  # only the alias changed
+
+    out = _sample(pipe, steps=3, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "image"])
+    assert torch.equal(out, torch.zeros_like(out))
+
+
 def test_scheduler_swap_to_ddim_and_back_keeps_results():
     pipe = _pipe()
     before = _sample(pipe)
@@ -119,7 +154,7 @@ def test_progress_bar_follows_set_progress_bar_config(capsys):
         (dict(batch_size=2, generator=[torch.Generator()]), "list of 1 generators for batch_size=2"),
         (dict(output_type="jpg"), "output_type='jpg' is not supported"),
         (dict(eta=-1.0), "eta must be >= 0"),
-        (dict(callback_on_step_end_tensor_inputs=["latents"]), "not allowed"),
+        (dict(callback_on_step_end_tensor_inputs=["noise"]), "not allowed"),  # "latents" is allowed since issue 13
     ],
 )
 def test_bad_call_arguments_raise_before_sampling(kwargs, match):

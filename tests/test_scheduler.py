@@ -443,3 +443,123 @@ def test_trained_betas_must_be_one_dimensional(shape):
     with pytest.raises(ValueError, match=rf"trained_betas has shape \({shape[0]}, {shape[1]}\); allowed: a 1-D list"):
         DDPMExtScheduler(num_train_timesteps=20, trained_betas=betas)
     assert DDPMExtScheduler(num_train_timesteps=20, trained_betas=betas.reshape(-1).tolist()).betas.shape == (20,)
+
+
+# ---------------------------------------------------------------- the device-tensor (gather) path of step
+@pytest.fixture
+def device_timesteps(monkeypatch):
+    """Treat every tensor timestep as one on an accelerator (its value unreadable without a host sync), so the CPU
+    runs the table-gather path that CUDA / MPS timesteps take."""
+    import ddpm_ext.schedulers.scheduling_ddpm_ext as module
+
+    monkeypatch.setattr(module, "_reads_on_host", lambda t: not isinstance(t, torch.Tensor))
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large", "learned_range", "learned"])
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        [480, 460, 440, 420],  # mid-chain start (SDEdit / img2img)
+        [480, 480, 480],  # the same step repeated
+        [980, 940, 880, 20, 0],  # steps skipped, down to the step into x_0
+    ],
+    ids=["mid_chain_start", "repeated_step", "skipped_steps"],
+)
+def test_tensor_timesteps_step_with_the_coefficients_of_the_timestep_passed(device_timesteps, variance, sequence):
+    # what each call must do: DDPMScheduler stepping the same timestep value, with the same generator state (for
+    # "learned", where DDPMScheduler gives NaN, our own host path, checked against float64 formulas elsewhere)
+    theirs, ours = _pair(beta_schedule="squaredcos_cap_v2", variance_type=variance)
+    if variance == "learned":
+        theirs = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2", variance_type=variance)
+    for s in (theirs, ours):
+        s.set_timesteps(50)
+    learned = variance in ("learned", "learned_range")
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for k, t in enumerate(sequence):
+        out = _model_output((2, 3, 4, 4), learned, seed=k + 1)
+        gen_a, gen_b = torch.Generator().manual_seed(k), torch.Generator().manual_seed(k)
+        a = theirs.step(out, t, x, generator=gen_a)
+        b = ours.step(out, torch.tensor(t), x, generator=gen_b)
+        torch.testing.assert_close(b.pred_original_sample, a.pred_original_sample, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(b.prev_sample, a.prev_sample, rtol=2e-4, atol=2e-5)
+        x = a.prev_sample
+
+
+def test_tensor_timestep_path_equals_the_float_path_and_recomputed_float64_coefficients(device_timesteps):
+    ours = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    ours.set_timesteps(50)
+    ac = ours._tables64["alphas_cumprod"]
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for t, prev in [(480, 460), (20, 0), (0, -1)]:
+        a_t, a_prev = ac[t], (ac[prev] if prev >= 0 else 1.0)
+        x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        beta = 1 - a_t / a_prev
+        # DDPM eq. 7 in float64, the noise of the step's own variance β̃ (none for the step into x_0)
+        mean = math.sqrt(a_prev) * beta / (1 - a_t) * x0 + math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t) * x
+        z = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(7))
+        expected = mean + (math.sqrt((1 - a_prev) / (1 - a_t) * beta) * z if prev >= 0 else 0)
+        gathered = ours.step(eps, torch.tensor(t), x, generator=torch.Generator().manual_seed(7)).prev_sample
+        host = ours.step(eps, t, x, generator=torch.Generator().manual_seed(7)).prev_sample
+        torch.testing.assert_close(gathered, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(host, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_tensor_timestep_path_ddim_matches_the_float_path(device_timesteps):
+    ours = DDPMExtScheduler(num_train_timesteps=100)
+    ours.set_timesteps(10)
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    for t in (90, 50, 0):
+        for eta in (0.0, 0.5):
+            a = ours.step(eps, t, x, eta=eta, generator=torch.Generator().manual_seed(3)).prev_sample
+            b = ours.step(eps, torch.tensor(t), x, eta=eta, generator=torch.Generator().manual_seed(3)).prev_sample
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_tensor_timestep_off_the_chain_gives_nan_not_another_steps_coefficients(device_timesteps):
+    ours = DDPMExtScheduler()
+    ours.set_timesteps(50)
+    x = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    out = ours.step(torch.zeros_like(x), torch.tensor(479), x, generator=torch.Generator().manual_seed(0))
+    assert torch.isnan(out.prev_sample).all()
+    with pytest.raises(ValueError, match="timestep 479 is not in the scheduler's current timesteps"):
+        ours.step(torch.zeros_like(x), 479, x)  # readable on the host: refused, as before
+    assert int(ours.previous_timestep(torch.tensor(480))) == 460 and ours.previous_timestep(480) == 460
+
+
+def test_step_on_the_meta_device_never_reads_a_value():
+    # a meta tensor has no data: reading the timestep's value (a host sync on CUDA) would raise here
+    for variance in ("fixed_small", "learned_range"):
+        ours = DDPMExtScheduler(variance_type=variance)
+        ours.set_timesteps(50)
+        channels = 6 if variance == "learned_range" else 3
+        x = torch.empty(2, 3, 4, 4, device="meta")
+        out = ours.step(torch.empty(2, channels, 4, 4, device="meta"), torch.tensor(480, device="meta"), x)
+        assert out.prev_sample.device.type == "meta" and out.prev_sample.shape == x.shape
+        assert ours.previous_timestep(torch.tensor(480, device="meta")).device.type == "meta"
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
+                                           "learned", "learned_range"])
+def test_get_variance_has_ddpm_schedulers_semantics(variance_type):
+    theirs, ours = _pair(beta_schedule="squaredcos_cap_v2", variance_type=variance_type)
+    predicted = torch.tanh(torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(0)))
+    for n in (None, 7):
+        if n is not None:
+            theirs.set_timesteps(n)
+            ours.set_timesteps(n)
+        for t in ([999, 487, 1, 0] if n is None else [int(t) for t in ours.timesteps]):
+            a = theirs._get_variance(t, predicted_variance=predicted)
+            b = ours._get_variance(t, predicted_variance=predicted)
+            assert b.shape == a.shape and b.dtype == torch.float32
+            # DDPMScheduler's float32 tables lose ~2e-4 relative at t = 1 (1 - ᾱ cancels); ours are float64
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-9)
+    ac = np.cumprod(1 - DDPMScheduler(beta_schedule="squaredcos_cap_v2").betas.double().numpy())
+    ours = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2")
+    expected = (1 - ac[0]) / (1 - ac[1]) * (1 - ac[1] / ac[0])  # float64 β̃ at t = 1
+    assert abs(ours._get_variance(1, variance_type="fixed_small").item() / expected - 1) < 1e-6
+    # the golden value of diffusers' own DDPMSchedulerTest.test_variance: posterior variance at t=487
+    assert abs(DDPMExtScheduler()._get_variance(487).item() - 0.00979) < 1e-5
+    with pytest.raises(ValueError, match="variance_type='nope' is not supported"):
+        ours._get_variance(5, variance_type="nope")

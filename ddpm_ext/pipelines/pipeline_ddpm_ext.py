@@ -21,7 +21,6 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-import diffusers
 import numpy as np
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
@@ -29,16 +28,14 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.dynamic_modules_utils import get_class_from_dynamic_module
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import CommitInfo, ModelCardData, create_branch, create_repo, snapshot_download, upload_folder
+from huggingface_hub import CommitInfo, ModelCardData, create_branch, create_repo, upload_folder
 from huggingface_hub.utils import validate_repo_id
 
 PIPELINE_MODULE = "pipeline_ddpm_ext"
 SCHEDULER_MODULE = "scheduling_ddpm_ext"
-OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # what a published model consists of, for every push path (`save_pretrained(push_to_hub=True)`, `push_to_hub`,
 # `ddpm_ext.hub.push_output_dir`): the pipeline, the model card and the sample grid; checkpoints, optimizer and RNG
 # states, logs, metrics and anything else in a training folder stay local
@@ -81,7 +78,8 @@ class DDPMExtPipeline(DDPMPipeline):
             needs `DDPMExtScheduler`).
     """
 
-    _callback_tensor_inputs = ["image", "model_output"]
+    # "latents" is diffusers' name for the running sample; "image" is ddpm-ext's older name for it, kept as an alias
+    _callback_tensor_inputs = ["latents", "image", "model_output"]
     # set by the installed package to its DDPMExtScheduler, so loading runs no remote code; None in saved copies
     _default_scheduler_class = None
 
@@ -100,7 +98,7 @@ class DDPMExtPipeline(DDPMPipeline):
         return_dict: bool = True,
         eta: Optional[float] = None,
         callback_on_step_end: Optional[Union[Callable, PipelineCallback, MultiPipelineCallbacks]] = None,
-        callback_on_step_end_tensor_inputs: List[str] = ["image"],
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
     ) -> Union[ImagePipelineOutput, Tuple]:
         """
         Generate images by running the reverse process from x_T ~ N(0, I).
@@ -111,14 +109,16 @@ class DDPMExtPipeline(DDPMPipeline):
                 gives each image its own stream, so image i is the same whatever the batch size.
             num_inference_steps (`int`, *optional*): reverse steps, respaced over the training chain; defaults to
                 the whole chain (`num_train_timesteps`, 1000 for DDPM models, as in `DDPMPipeline`).
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (a [B, C, H, W] tensor in [0, 1]).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` (a [B, C, H, W] tensor in [0, 1]) or
+                `"latent"` (the raw final sample x_0 in the model's range, as diffusers' pipelines return it).
             return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` instead of a tuple.
             eta (`float`, *optional*): `None` takes ancestral DDPM steps; a number takes DDIM steps with that η
                 (0 deterministic, 1 ancestral).
             callback_on_step_end (`Callable`, *optional*): called as `fn(pipe, i, t, callback_kwargs)` after each
-                step; may return a dict that replaces the named tensors (e.g. `{"image": ...}`).
-            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["image"]`): the tensors passed in
-                `callback_kwargs`; allowed: `image`, `model_output`.
+                step; may return a dict that replaces the running sample (`{"latents": ...}`).
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): the tensors passed in
+                `callback_kwargs`; allowed: `latents` (the running sample x_t), `image` (the same tensor under
+                ddpm-ext's earlier name), `model_output`.
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`.
@@ -138,6 +138,7 @@ class DDPMExtPipeline(DDPMPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps)
         timesteps = [int(t) for t in self.scheduler.timesteps]
+        self._num_timesteps = len(timesteps)
         # one host-to-device copy for the whole loop; the scheduler gets plain ints (no per-step host sync)
         timesteps_device = torch.tensor(timesteps, device=device, dtype=torch.long)
         pass_full_output = _scheduler_learns_variance(self.scheduler)
@@ -152,11 +153,15 @@ class DDPMExtPipeline(DDPMPipeline):
                 model_output = model_output[:, :channels]  # a scheduler without learned variance: drop it
             image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
-                local = {"image": image, "model_output": model_output}
+                local = {"latents": image, "image": image, "model_output": model_output}
                 callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
                 returned = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                image = returned.get("image", image)
+                replaced = returned.get("latents", image)
+                image = replaced if replaced is not image else returned.get("image", image)
 
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            return (image,) if not return_dict else ImagePipelineOutput(images=image)
         image = (image.float() / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).numpy()
@@ -196,6 +201,11 @@ class DDPMExtPipeline(DDPMPipeline):
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs {unknown} not allowed; allowed: {self._callback_tensor_inputs}"
             )
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of denoising steps of the last (or running) call."""
+        return getattr(self, "_num_timesteps", None)
 
     # ------------------------------------------------------------------ likelihood
     @torch.no_grad()
@@ -425,29 +435,41 @@ class DDPMExtPipeline(DDPMPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs) -> "DDPMExtPipeline":
         """
-        Load a saved ddpm-ext folder or Hub repo, or one in stock diffusers' DDPM layout (its `DDPMScheduler` config
-        is upgraded to `DDPMExtScheduler`). With ddpm-ext installed this runs no code from the folder.
+        Load a saved ddpm-ext folder or Hub repo, or one in stock diffusers' DDPM layout (its `DDPMScheduler` entry is
+        upgraded to `DDPMExtScheduler`), through diffusers' own loader: every keyword of
+        `DiffusionPipeline.from_pretrained` (`dtype` / `torch_dtype` and their per-component dicts, `variant`,
+        `use_safetensors`, `low_cpu_mem_usage`, `device_map`, `revision`, `cache_dir`, `local_files_only`, `token`,
+        `unet=` / `scheduler=` components, ...) behaves as it does for `DDPMPipeline`.
 
-        Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): a local folder or a Hub repo id.
-            torch_dtype (`torch.dtype`, *optional*): dtype of the UNet.
-            revision, cache_dir, token, local_files_only, force_download: as in `huggingface_hub.snapshot_download`.
-            variant, use_safetensors: as in `UNet2DModel.from_pretrained`.
-            unet, scheduler (*optional*): components to use instead of the saved ones.
-            trust_remote_code (`bool`, defaults to `False`): needed only without ddpm-ext installed, to run the
-                folder's `scheduling_ddpm_ext.py`.
+        With ddpm-ext installed this runs no code from the folder: `model_index.json`'s ddpm-ext entries are read as the
+        installed classes (see `load_config`). In a copy of this module loaded as remote code it is diffusers' loader
+        unchanged.
         """
-        folder = _resolve_folder(pretrained_model_name_or_path, kwargs)
-        index = _read_model_index(folder)
-        unet = kwargs.pop("unet", None)
-        scheduler = kwargs.pop("scheduler", None)
-        if unet is None:
-            unet = _load_unet(folder, kwargs)
-        if scheduler is None:
-            scheduler = _load_scheduler(folder, index, cls._default_scheduler_class, kwargs.get("trust_remote_code", False))
-        pipe = cls(unet=unet, scheduler=scheduler)
-        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
-        return pipe
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: Union[str, os.PathLike]) -> Dict[str, Any]:
+        # diffusers treats a `[module, class]` pipeline entry as remote code; with the plugin installed this class is
+        # that code, so the entry names it (diffusers' loader then uses `cls` itself, also when downloading)
+        config = super()._dict_from_json_file(json_file)
+        name = config.get("_class_name")
+        if cls._default_scheduler_class is not None and isinstance(name, list) and name[:1] == [PIPELINE_MODULE]:
+            config["_class_name"] = name[1]
+        return config
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """`ConfigMixin.load_config`; with ddpm-ext installed, the scheduler entries `["scheduling_ddpm_ext",
+        "DDPMExtScheduler"]` and stock `["diffusers", "DDPMScheduler"]` name the installed `DDPMExtScheduler` by its
+        module path, which diffusers' loader resolves from the already imported module (no remote code)."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        installed = cls._default_scheduler_class
+        entry = config.get("scheduler")
+        if installed is not None and isinstance(entry, list) and len(entry) == 2:
+            if tuple(entry) in ((SCHEDULER_MODULE, "DDPMExtScheduler"), ("diffusers", "DDPMScheduler")):
+                config["scheduler"] = [installed.__module__, installed.__name__]
+        return loaded
 
 
 # ---------------------------------------------------------------------- helpers (module level, self-contained)
@@ -564,90 +586,3 @@ def write_remote_code_layout(pipe, save_directory: Union[str, os.PathLike]) -> N
         json.dump(index, f, indent=2, sort_keys=True)
         f.write("\n")
     os.replace(tmp, index_path)
-
-
-def _resolve_folder(name_or_path: Union[str, os.PathLike], kwargs: Dict[str, Any]) -> str:
-    path = str(name_or_path)
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path):
-        raise ValueError(f"{path} is a file; pass the saved pipeline's folder or a Hub repo id")
-    return snapshot_download(
-        path,
-        revision=kwargs.pop("revision", None),
-        cache_dir=kwargs.pop("cache_dir", None),
-        token=kwargs.pop("token", None),
-        local_files_only=kwargs.pop("local_files_only", False),
-        force_download=kwargs.pop("force_download", False),
-        allow_patterns=["model_index.json", "*.py", "unet/*", "scheduler/*"],
-    )
-
-
-def _read_json(path: str, what: str, missing: str) -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(missing)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt {what} at {path}: {e}") from e
-
-
-def _read_model_index(folder: str) -> Dict[str, Any]:
-    path = os.path.join(folder, "model_index.json")
-    index = _read_json(path, "model_index.json", f"no model_index.json in {folder}: not a saved diffusers pipeline folder")
-    if not isinstance(index, dict) or "unet" not in index or "scheduler" not in index:
-        raise ValueError(f"model_index.json at {path} must name a 'unet' and a 'scheduler', got {index!r}")
-    return index
-
-
-def _load_unet(folder: str, kwargs: Dict[str, Any]) -> UNet2DModel:
-    unet_dir = os.path.join(folder, "unet")
-    if not os.path.isfile(os.path.join(unet_dir, "config.json")):
-        raise FileNotFoundError(f"missing UNet config: {os.path.join(unet_dir, 'config.json')}")
-    variant = kwargs.get("variant")
-    names = [n.replace(".", f".{variant}.", 1) if variant else n for n in WEIGHT_FILES]
-    if not any(os.path.isfile(os.path.join(unet_dir, n)) for n in names) and not any(
-        f.endswith(".index.json") for f in os.listdir(unet_dir)
-    ):
-        raise FileNotFoundError(f"missing UNet weights in {unet_dir}: expected one of {', '.join(names)}")
-    try:
-        return UNet2DModel.from_pretrained(
-            folder,
-            subfolder="unet",
-            torch_dtype=kwargs.get("torch_dtype"),
-            variant=variant,
-            use_safetensors=kwargs.get("use_safetensors"),
-        )
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"could not load the UNet from {unet_dir} (corrupt or mismatched weights?): {e}") from e
-    except Exception as e:  # safetensors raises its own SafetensorError for a corrupt header
-        if type(e).__name__ == "SafetensorError":
-            raise ValueError(f"corrupt UNet weights in {unet_dir}: {e}") from e
-        raise
-
-
-def _load_scheduler(folder: str, index: Dict[str, Any], installed_class, trust_remote_code: bool):
-    config_path = os.path.join(folder, "scheduler", "scheduler_config.json")
-    config = _read_json(config_path, "scheduler config", f"missing scheduler config: {config_path}")
-    library, class_name = index["scheduler"]
-    ours = class_name in ("DDPMExtScheduler", "DDPMScheduler")
-    if ours:
-        if installed_class is None:
-            module_file = os.path.join(folder, "scheduler", SCHEDULER_MODULE + ".py")
-            if not os.path.isfile(module_file):
-                raise FileNotFoundError(
-                    f"{module_file} is missing and ddpm-ext is not installed: `pip install ddpm-ext`, or load a folder"
-                    " saved by DDPMExtPipeline.save_pretrained"
-                )
-            installed_class = get_class_from_dynamic_module(
-                os.path.join(folder, "scheduler"),
-                module_file=SCHEDULER_MODULE + ".py",
-                class_name="DDPMExtScheduler",
-                trust_remote_code=trust_remote_code,
-            )
-        return installed_class.from_config(config)
-    scheduler_class = getattr(diffusers, class_name, None)
-    if scheduler_class is None:
-        raise ValueError(f"unknown scheduler class {class_name!r} in model_index.json ({library!r})")
-    return scheduler_class.from_config(config)

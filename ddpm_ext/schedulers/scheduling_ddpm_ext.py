@@ -57,6 +57,11 @@ class _StepCoefficients(NamedTuple):
     std_large: float  # √β_t (of the possibly respaced chain)
     log_var_small: float  # log β̃_t, clipped at the first step
     log_beta: float  # log β_t
+    noise_scale: float = 1.0  # 1 where the step adds noise, 0 for the step into x_0 (zero posterior variance)
+
+
+# the float fields of _StepCoefficients, in the column order of the per-timestep table kept on the sample's device
+_TABLE_FIELDS = _StepCoefficients._fields[2:]
 
 
 def _betas_for_alpha_bar(num_steps: int, alpha_bar_fn, max_beta: float = 0.999) -> np.ndarray:
@@ -272,7 +277,19 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
             )
         self._steps = table
         self._timestep_list = list(timesteps)
-        self._step_index = 0
+        # The same coefficients as a dense [T, fields] table indexed by the training timestep, gathered with a timestep
+        # tensor on its device (no host sync). Timesteps off the chain are NaN rows: a NaN result, never another
+        # step's coefficients. The -inf logs of the step into x_0 are 0 there (that step's noise_scale is 0).
+        dense = np.full((len(self._tables64["betas"]), len(_TABLE_FIELDS)), np.nan)
+        for t, c in table.items():
+            dense[t] = [0.0 if math.isinf(v) and v < 0 else v for v in c[2:]]
+            if c.prev_t < 0:
+                dense[t, _TABLE_FIELDS.index("noise_scale")] = 0.0
+        self._tables64["step_coefficients"] = dense
+        T = len(dense)
+        self._tables64["prev_timesteps"] = np.array([table[t].prev_t if t in table else t - 1 for t in range(T)])
+        for key in [k for k in self._device_tables if k[0] in ("step_coefficients", "prev_timesteps")]:
+            del self._device_tables[key]
 
     # ------------------------------------------------------------------ diffusers scheduler API
     def scale_model_input(self, sample: torch.Tensor, timestep: Optional[int] = None) -> torch.Tensor:
@@ -338,30 +355,83 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
             self.num_inference_steps = n
         self.timesteps = torch.from_numpy(arr).to(device)
         self._build_step_table([int(t) for t in arr])
+        if self.timesteps.device.type != "cpu":
+            # copied to the device now, so the loop's first step with a device timestep makes no host-to-device copy
+            self._table("step_coefficients", self.timesteps.device, torch.float32)
 
     def previous_timestep(self, timestep: Union[int, torch.Tensor]) -> Union[int, torch.Tensor]:
         """The timestep that follows `timestep` in the current reverse chain (-1 after the last)."""
+        if not _reads_on_host(timestep):  # a device tensor: looked up there, without a host sync
+            prev = self._table("prev_timesteps", timestep.device, torch.long)
+            return torch.index_select(prev, 0, timestep.reshape(1).long()).reshape(())
         t = int(timestep)
         coefs = self._steps.get(t)
         prev = coefs.prev_t if coefs is not None else t - 1
         return torch.tensor(prev) if isinstance(timestep, torch.Tensor) else prev
 
+    def _get_variance(
+        self,
+        t: Union[int, torch.Tensor],
+        predicted_variance: Optional[torch.Tensor] = None,
+        variance_type: Optional[str] = None,
+    ) -> torch.Tensor:
+        """
+        The variance term of the step t -> `previous_timestep(t)` exactly as `DDPMScheduler._get_variance` defines it
+        (diffusers' own pipelines call it), from the float64 tables: β̃_t clamped at 1e-20 (`fixed_small`), its
+        square root (`fixed_small_log`), β_t (`fixed_large`), log β_t (`fixed_large_log`), the model's output
+        (`learned`) or IDDPM eq. 15's log-variance (`learned_range`). `step` does not use it.
+
+        Args:
+            t (`int` or `torch.Tensor`): the current timestep.
+            predicted_variance (`torch.Tensor`, *optional*): the model's variance channels (learned types).
+            variance_type (`str`, *optional*): defaults to the config's.
+
+        Returns:
+            `torch.Tensor`: a float32 scalar, or a tensor shaped like `predicted_variance` for the learned types.
+        """
+        variance_type = self.config.variance_type if variance_type is None else variance_type
+        _check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        if variance_type in LEARNED_VARIANCE_TYPES and predicted_variance is None:
+            raise ValueError(f"variance_type={variance_type!r} needs predicted_variance")
+        t = int(t)
+        prev_t = int(self.previous_timestep(t))
+        ac = self._tables64["alphas_cumprod"]
+        a_t, a_prev = ac[t], (ac[prev_t] if prev_t >= 0 else 1.0)
+        beta = 1.0 - a_t / a_prev
+        variance = max((1.0 - a_prev) / (1.0 - a_t) * beta, 1e-20)  # DDPM eq. 7, clamped as diffusers does
+        if variance_type == "learned":
+            return predicted_variance
+        if variance_type == "learned_range":
+            frac = (predicted_variance + 1) / 2  # IDDPM eq. 15
+            return frac * math.log(beta) + (1 - frac) * math.log(variance)
+        value = {
+            "fixed_small": variance,
+            "fixed_small_log": math.sqrt(variance),
+            "fixed_large": beta,
+            "fixed_large_log": math.log(beta),
+        }[variance_type]
+        return torch.tensor(value, dtype=torch.float32)
+
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
-    def _coefficients(self, timestep: Union[int, torch.Tensor]) -> Tuple[int, _StepCoefficients]:
-        if isinstance(timestep, torch.Tensor):
-            if timestep.numel() != 1:
-                raise ValueError(f"step takes one timestep for the whole batch, got a tensor of shape {tuple(timestep.shape)}")
-            if timestep.device.type == "cpu":
-                t = int(timestep)
-            else:
-                # A timestep on an accelerator is read from the schedule's own position (no host sync).
-                if self._step_index >= len(self._timestep_list):
-                    raise ValueError("step called more times than there are timesteps; call set_timesteps first")
-                t = self._timestep_list[self._step_index]
-        else:
-            t = int(timestep)
+    def _coefficients(self, timestep: Union[int, torch.Tensor], like: torch.Tensor) -> Tuple[Optional[int], _StepCoefficients]:
+        """
+        The coefficients of the step from `timestep`. A Python int or a CPU tensor gives Python floats and its int
+        value; a tensor on an accelerator gives 0-d tensors gathered on `like`'s device from the per-timestep table
+        (no host sync) and `None` for the value, which the caller then cannot branch on.
+        """
+        if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
+            raise ValueError(
+                f"step takes one timestep for the whole batch, got a tensor of shape {tuple(timestep.shape)}"
+            )
+        if not _reads_on_host(timestep):
+            if timestep.is_floating_point():
+                raise ValueError(f"timestep must be an integer, got dtype {timestep.dtype}")
+            table = self._table("step_coefficients", like.device, _compute_dtype(like.dtype))
+            row = torch.index_select(table, 0, timestep.reshape(1).to(like.device, torch.long))[0]
+            return None, _StepCoefficients(-1, -1, *row.unbind(0))
+        t = int(timestep)
         coefs = self._steps.get(t)
         if coefs is None:
             shown = self._timestep_list if len(self._timestep_list) <= 20 else (
@@ -392,11 +462,11 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         prediction_type = self.config.prediction_type
         if prediction_type == "epsilon":
             # DDPM eq. 15 solved for x_0: x̂_0 = x_t/√ᾱ_t - √(1/ᾱ_t - 1) ε_θ
-            return torch.mul(sample, c.sqrt_recip_alpha_prod).sub_(model_output, alpha=c.sqrt_recipm1_alpha_prod)
+            return _axpy(torch.mul(sample, c.sqrt_recip_alpha_prod), model_output, c.sqrt_recipm1_alpha_prod, -1.0)
         if prediction_type == "sample":
             return model_output
         # v = √ᾱ ε - √(1-ᾱ) x_0  ⇒  x̂_0 = √ᾱ x_t - √(1-ᾱ) v
-        return torch.mul(sample, c.sqrt_alpha_prod).sub_(model_output, alpha=c.sqrt_one_minus_alpha_prod)
+        return _axpy(torch.mul(sample, c.sqrt_alpha_prod), model_output, c.sqrt_one_minus_alpha_prod, -1.0)
 
     def _process_x0(self, pred_original_sample: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if self.config.thresholding:
@@ -446,7 +516,7 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         """
         if eta is not None:
             _check_eta(eta)
-        t, c = self._coefficients(timestep)
+        t, c = self._coefficients(timestep, sample)
         model_output, predicted_variance = self._split_model_output(model_output, sample, eta)
         # x̂_0 is a fresh tensor except for prediction_type "sample", where it is the model's own output
         fresh = self.config.prediction_type != "sample"
@@ -454,26 +524,33 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
 
         if eta is None:
             # DDPM eq. 7: μ̃_t(x_t, x̂_0)
-            prev_sample = torch.mul(sample, c.coef_xt).add_(pred_original_sample, alpha=c.coef_x0)
-            if t > 0:  # the same draws as DDPMScheduler, so seeded runs match it
+            prev_sample = _axpy(torch.mul(sample, c.coef_xt), pred_original_sample, c.coef_x0)
+            # t > 0: the same draws as DDPMScheduler, so seeded runs match it. A device timestep cannot be read
+            # without a host sync: then noise is drawn at every step and the table's noise_scale is 0 where no
+            # noise is added (one extra draw, at t = 0, the last step of a chain).
+            if t is None or t > 0:
                 noise = self._draw_noise(model_output, generator)
-                if c.prev_t >= 0:  # the step into x_0 has zero posterior variance: it adds no noise
+                if t is None or c.prev_t >= 0:  # the step into x_0 has zero posterior variance: it adds no noise
                     variance_type = self.config.variance_type
                     if variance_type == "learned":
-                        prev_sample.addcmul_(torch.exp(0.5 * predicted_variance), noise)
+                        std = torch.exp(0.5 * predicted_variance)
                     elif variance_type == "learned_range":
                         # IDDPM eq. 15: log Σ = v log β_t + (1 - v) log β̃_t with v = (out + 1)/2
                         frac = (predicted_variance + 1.0) * 0.5
-                        log_var = frac * c.log_beta + (1.0 - frac) * c.log_var_small
-                        prev_sample.addcmul_(torch.exp(0.5 * log_var), noise)
+                        std = torch.exp(0.5 * (frac * c.log_beta + (1.0 - frac) * c.log_var_small))
                     elif variance_type in ("fixed_large", "fixed_large_log"):
-                        prev_sample.add_(noise, alpha=c.std_large)
+                        std = c.std_large
                     else:
-                        prev_sample.add_(noise, alpha=c.std_small)
+                        std = c.std_small
+                    if t is None:
+                        std = std * c.noise_scale
+                    if isinstance(std, torch.Tensor):
+                        prev_sample.addcmul_(std, noise)
+                    else:
+                        prev_sample.add_(noise, alpha=std)
         else:
             prev_sample = self._ddim_step(model_output, sample, pred_original_sample, c, t, float(eta), generator)
 
-        self._step_index = c.index + 1
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDPMExtSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -484,7 +561,7 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,
         pred_original_sample: torch.Tensor,
         c: _StepCoefficients,
-        t: int,
+        t: Optional[int],
         eta: float,
         generator,
     ) -> torch.Tensor:
@@ -495,16 +572,21 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
             pred_epsilon = model_output
         else:
             # ε̂ consistent with the (clipped) x̂_0, so that η = 1 reproduces the posterior mean exactly
-            pred_epsilon = torch.add(sample, pred_original_sample, alpha=-c.sqrt_alpha_prod)
+            pred_epsilon = _axpy(sample.clone(), pred_original_sample, c.sqrt_alpha_prod, -1.0)
             pred_epsilon.div_(c.sqrt_one_minus_alpha_prod)
         # Song et al. 2021 eq. 16: σ_t(η) = η √((1-ᾱ_{t-1})/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_{t-1}) = η √β̃_t
         sigma = eta * c.std_small
-        direction = math.sqrt(max(1.0 - c.sqrt_alpha_prod_prev**2 - sigma**2, 0.0))
+        if isinstance(sigma, torch.Tensor):
+            direction = (1.0 - c.sqrt_alpha_prod_prev**2 - sigma**2).clamp(min=0.0).sqrt()
+        else:
+            direction = math.sqrt(max(1.0 - c.sqrt_alpha_prod_prev**2 - sigma**2, 0.0))
         # Song et al. 2021 eq. 12
-        prev_sample = torch.mul(pred_original_sample, c.sqrt_alpha_prod_prev).add_(pred_epsilon, alpha=direction)
-        if eta > 0 and t > 0:
+        prev_sample = _axpy(torch.mul(pred_original_sample, c.sqrt_alpha_prod_prev), pred_epsilon, direction)
+        if eta > 0 and (t is None or t > 0):  # σ is 0 at the step into x_0, so a device timestep may draw there
             noise = self._draw_noise(model_output, generator)
-            if sigma > 0:
+            if isinstance(sigma, torch.Tensor):
+                prev_sample.addcmul_(sigma, noise)
+            elif sigma > 0:
                 prev_sample.add_(noise, alpha=sigma)
         return prev_sample
 
@@ -738,6 +820,18 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
             ) / math.log(2.0)
             output = torch.where(t == 0, decoder_nll, kl)
         return {"output": output, "pred_original_sample": pred_original_sample}
+
+
+def _reads_on_host(timestep) -> bool:
+    """Whether the timestep's value can be read without a device-to-host sync (a number or a CPU tensor)."""
+    return not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu"
+
+
+def _axpy(x: torch.Tensor, y: torch.Tensor, a: Union[float, torch.Tensor], sign: float = 1.0) -> torch.Tensor:
+    """x += sign · a · y in place, for a Python float `a` or a 0-d tensor `a` (a gathered coefficient)."""
+    if isinstance(a, torch.Tensor):
+        return x.addcmul_(a, y, value=sign)
+    return x.add_(y, alpha=sign * a)
 
 
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:

@@ -116,11 +116,22 @@ def _free_mb(path: str) -> Optional[float]:
         return None
 
 
-def is_disk_full(err: BaseException) -> bool:
+_TORCH_WRITE_ERRORS = ("iostream error", "file write failed", "unexpected pos")
+
+
+def is_disk_full(err: BaseException, path: Optional[str] = None, needed_bytes: int = 0) -> bool:
+    """An `OSError(ENOSPC / EDQUOT)`, one of torch's write errors, or any write error while `path`'s file system
+    has less than `needed_bytes` free (torch reports a full disk in several ways)."""
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and ("iostream error" in text or "file write failed" in text)
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False
+    if isinstance(err, RuntimeError) and any(text in str(err) for text in _TORCH_WRITE_ERRORS):
+        return True
+    if path is not None and needed_bytes:
+        free = _free_mb(path)
+        return free is not None and free * 2**20 < needed_bytes
+    return False
 
 
 def disk_full_error(err: BaseException, path: str, needed_bytes: int) -> DiskFullError:

@@ -165,12 +165,17 @@ EXACTNESS_KEYS = (
     "eval_nll_steps", "eval_nll_num_images", "ema_inv_gamma", "ema_power", "ema_max_decay", "mixed_precision",
 )
 
+# AdamW's hyperparameters live in the optimizer's param_groups, which `load_state` restores (the LR schedule restores
+# its base rates too), so these flags have no effect on a resumed run
+_RESTORED_KEYS = ("learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon")
+
 
 def exactness_differences(saved: Dict[str, Any], config: Dict[str, Any], num_processes: int) -> List[str]:
     """The options (and the process count) that differ between a checkpoint's run and this one, one line each."""
     old = _normalize(saved.get("config", {}))
     new = _normalize(config)
     lines = [f"{key}: checkpoint {old.get(key)!r}, this run {new.get(key)!r}"
+             + (" (ignored: the checkpoint's optimizer keeps its value)" if key in _RESTORED_KEYS else "")
              for key in EXACTNESS_KEYS if key in old and old.get(key) != new.get(key)]
     if "num_processes" in saved and saved["num_processes"] != num_processes:
         lines.append(f"num_processes: checkpoint {saved['num_processes']!r}, this run {num_processes!r}")
@@ -688,10 +693,10 @@ class DDPMTrainer:
         try:
             accelerator.save_state(tmp)
         except (OSError, RuntimeError) as err:
-            if not is_disk_full(err):
-                raise
             shutil.rmtree(tmp, ignore_errors=True)
-            raise disk_full_error(err, tmp, self._state_bytes()) from err
+            if is_disk_full(err, cfg.output_dir, self._state_bytes()):
+                raise disk_full_error(err, tmp, self._state_bytes()) from err
+            raise
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state = dict(self.fingerprint, global_step=step, num_processes=accelerator.num_processes,
@@ -706,7 +711,7 @@ class DDPMTrainer:
                 fsync_dir(tmp)
             except OSError as err:
                 shutil.rmtree(tmp, ignore_errors=True)
-                if is_disk_full(err):
+                if is_disk_full(err, cfg.output_dir, self._state_bytes()):
                     raise disk_full_error(err, tmp, self._state_bytes()) from err
                 raise
             if os.path.exists(final):
@@ -730,8 +735,8 @@ class DDPMTrainer:
         """Restore model, optimizer, EMA, LR schedule, sampler, RNG states and the step from `path`."""
         saved = check_checkpoint_compatible(path, self.fingerprint)
         for line in exactness_differences(saved, self.config.to_dict(), self.accelerator.num_processes):
-            logger.warning("resuming with a different %s (the resumed run is not bit-identical to an uninterrupted"
-                           " one)", line)
+            logger.warning("resuming with a different %s; the resumed run is not bit-identical to an uninterrupted"
+                           " one", line)
         self.accelerator.load_state(path)
         self.last_checkpoint = path
         self._last_log_step = self.counter.global_step
@@ -829,8 +834,8 @@ class DDPMTrainer:
             fsync_tree(tmp)
         except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(err, (OSError, RuntimeError)) and is_disk_full(err):
-                size = sum(p.numel() * p.element_size() for p in self.unet.parameters()) + 2**20
+            size = sum(p.numel() * p.element_size() for p in self.unet.parameters()) + 2**20
+            if is_disk_full(err, out, size):
                 raise disk_full_error(err, tmp, size) from err
             raise
         _swap_in(tmp, out, os.path.join(out, ".old-pipeline"))

@@ -11,14 +11,20 @@ Decisions:
   incomplete global batch of an epoch is dropped; accumulation may span epochs.
 - Global torch / numpy / python RNG states (dropout, random crops) are saved and restored by
   `accelerator.save_state` / `load_state`; with random crops, exact resume needs `dataloader_num_workers=0`.
-- Checkpoints: `accelerator.save_state` into `.tmp-checkpoint-<step>`, then `ddpm_ext_training.json` (which marks a
-  checkpoint complete), then an atomic rename to `checkpoint-<step>`. Pruning to `checkpoints_total_limit` happens
+- Checkpoints: `accelerator.save_state` into `.tmp-checkpoint-<step>`, fsync, then `ddpm_ext_training.json` (which
+  marks a checkpoint complete and lists each file's size and sha256), then an atomic rename to `checkpoint-<step>`.
+  `latest` resumes from the newest checkpoint whose checksums verify. A new run into a folder with checkpoints is
+  refused unless `overwrite_output_dir`. The end-of-run pipeline goes to `.tmp-pipeline`, then is renamed into place. Pruning to `checkpoints_total_limit` happens
   after a successful save. The EMA, the LR schedule, the timestep sampler and the step counter are registered
   with `accelerator.register_for_checkpointing`.
 - SIGTERM / SIGINT: the first one sets a flag; the run saves a checkpoint at the next step boundary (a
   multi-process run agrees on the flag every `logging_steps` steps) and returns with `interrupted_by` set; the
   command line then exits with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), as shells report a
-  killed process, so job schedulers see the run as unfinished. A second Ctrl-C aborts at once.
+  killed process, so job schedulers see the run as unfinished. A second Ctrl-C aborts at once. The handlers stay
+  installed until the end-of-run outputs are written. Under a launcher, a thread also watches the launcher and sends
+  SIGTERM to this process when it is gone (see `checkpoints.ParentWatch`).
+- Divergence: the loss / gradient-norm values fetched for logging are checked for NaN / inf (no extra host sync),
+  and the weights before every save (one sync per save); either raises `TrainingDivergedError`.
 - Host syncs: per-step losses and gradient norms stay on the device and are fetched every `logging_steps` steps
   (one gather), then written to `output_dir/metrics.jsonl` one line per step.
 - Held-out bits/dim: `eval_nll_num_images` rows split off with seed 0 (the same split for every run seed), only

@@ -258,11 +258,10 @@ def _run_launcher(command: List[str]) -> int:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = child.wait()
-        while subreaper:  # training processes whose launcher is gone
-            try:
-                os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
+        if subreaper:  # training processes whose launcher is gone were handed to this process: wait for them
+            from .training.checkpoints import wait_for_processes_with_env
+
+            wait_for_processes_with_env(STATUS_FILE_ENV, status_path)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

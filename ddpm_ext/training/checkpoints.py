@@ -177,6 +177,48 @@ def become_subreaper() -> bool:
         return False
 
 
+def _processes_with_env(name: str, value: str) -> List[int]:
+    """Pids whose environment has `name=value` (Linux /proc; processes of other users are skipped)."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if needle in fh.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def wait_for_processes_with_env(name: str, value: str, poll: float = 0.2) -> None:
+    """Block until no live process has `name=value` in its environment, reaping those that are our children."""
+    import time
+
+    while True:
+        alive = []
+        for pid in _processes_with_env(name, value):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if not _zombie(pid):
+                alive.append(pid)
+        if not alive:
+            return
+        time.sleep(poll)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -614,7 +614,10 @@ class DDPMTrainer:
         num = len(self._pending)
         self._pending.clear()
         step = self.counter.global_step
-        finite = torch.isfinite(gathered).all(dim=0).all(dim=-1)  # [steps], on values already on the host
+        # on values already on the host; with fp16 loss scaling an infinite gradient norm is a skipped step (the
+        # scaler lowers its scale), not divergence, so only the loss counts there
+        checked = gathered[..., :1] if accelerator.scaler is not None else gathered
+        finite = torch.isfinite(checked).all(dim=0).all(dim=-1)  # [steps]
         if not bool(finite.all()):
             first = step - num + 1 + int((~finite).nonzero()[0])
             raise TrainingDivergedError(

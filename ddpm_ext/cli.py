@@ -243,7 +243,54 @@ def _train(args, extra) -> int:
         return train_main(extra)
     command = [sys.executable, "-m", "accelerate.commands.launch", *shlex.split(args.launcher_args), "-m", "ddpm_ext.training", *extra]
     print("running:", " ".join(shlex.quote(c) for c in command), flush=True)
-    return subprocess.call(command)
+    return _run_launcher(command)
+
+
+def _run_launcher(command: List[str]) -> int:
+    """Run `accelerate launch` in its own process group and forward SIGTERM / SIGINT to it; wait for every training
+    process (this process becomes their subreaper on Linux, so a worker orphaned by its launcher is still waited for);
+    return the training's own exit status (see `python -m ddpm_ext.training`), not the launcher's."""
+    import signal
+    import tempfile
+
+    from .training.checkpoints import LAUNCHER_PID_ENV, STATUS_FILE_ENV, become_subreaper
+
+    fd, status_path = tempfile.mkstemp(prefix="ddpm-ext-status-")
+    os.close(fd)
+    env = dict(os.environ, **{STATUS_FILE_ENV: status_path, LAUNCHER_PID_ENV: str(os.getpid())})
+    subreaper = become_subreaper()
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+    received: List[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+        if subreaper:  # training processes whose launcher is gone were handed to this process: wait for them
+            from .training.checkpoints import wait_for_processes_with_env
+
+            wait_for_processes_with_env(STATUS_FILE_ENV, status_path)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    try:
+        with open(status_path, encoding="utf-8") as fh:
+            text = fh.read().strip()
+    finally:
+        os.remove(status_path)
+    if text.isdigit():
+        return int(text)
+    if code < 0:
+        return 128 - code
+    if received and code != 0:
+        return 128 + received[0]
+    return code
 
 
 def _publish(args, extra) -> int:
@@ -279,6 +326,7 @@ def _demo(args, extra) -> int:
         ddpm_num_inference_steps=min(args.steps, args.train_timesteps),
         checkpointing_steps=500,
         checkpoints_total_limit=1,
+        overwrite_output_dir=True,  # the demo starts over each time
         save_images_epochs=10**6,
         save_model_epochs=10**6,
         logger="tensorboard",

@@ -11,7 +11,8 @@ On a CPU machine a real 2-process run is
 
 The logic lives in the package (`ddpm_ext.training`); this file is the command line only. Exit status: 0 when
 training finished; 128 + signal number (130 Ctrl-C, 143 SIGTERM) after a signal saved a checkpoint; 2 for invalid
-options or data; 1 when only the requested Hub push failed (output_dir is intact).
+options or data; 1 when only the requested Hub push failed (output_dir is intact); 3 when training diverged or the
+disk filled up (nothing saved from that point, earlier checkpoints intact).
 """
 
 import sys

@@ -3,18 +3,26 @@
 
 Exit status: 0 when training finished; 128 + signal number (130 Ctrl-C, 143 SIGTERM) when a signal stopped it after
 saving a checkpoint (resume with --resume_from_checkpoint latest); 2 for invalid options or data; 1 when only the
-requested Hub push failed (output_dir is intact).
+requested Hub push failed (output_dir is intact); 3 when training diverged (non-finite loss, gradients or weights) or
+the disk filled up: nothing was saved from that point on, earlier checkpoints and outputs are intact.
 """
 
 import logging
 import sys
 from typing import List, Optional
 
+from .checkpoints import DiskFullError, TrainingDivergedError, write_status
 from .config import TrainingConfig, build_arg_parser
 from .loop import DDPMTrainer
 
 
 def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
+    status = _main(argv, prog)
+    write_status(status)
+    return status
+
+
+def _main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     parser = build_arg_parser()
     if prog:
         parser.prog = prog
@@ -25,7 +33,11 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     except ValueError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except (TrainingDivergedError, DiskFullError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 3
     if result.interrupted_by is not None:
         return 128 + int(result.interrupted_by)
     if result.push_error is not None:

@@ -7,6 +7,7 @@ has the same concept, so its users can switch.
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -48,8 +49,8 @@ class TrainingConfig:
         model_config_name_or_path (`str`, *optional*): a `UNet2DModel` config (folder or json file) instead of a preset.
         model_preset (`str`, defaults to "tiny"): `tiny` (CPU runs, tests) or `ddpm-cifar10` (DDPM paper, 35.7M).
         output_dir (`str`, defaults to "ddpm-ext-model"): pipeline, model card, samples, checkpoints and logs.
-        overwrite_output_dir (`bool`, defaults to `False`): accepted for compatibility; existing files are
-            overwritten, checkpoints are kept.
+        overwrite_output_dir (`bool`, defaults to `False`): start a new run in an `output_dir` that holds another
+            run's checkpoints, deleting them and its `metrics.jsonl` (without it such a run is refused).
         resolution (`int`, defaults to 8): image height and width.
         channels (`int`, *optional*): 1 or 3; defaults to 1 for the digits, 3 otherwise.
         center_crop (`bool`, defaults to `False`): center crop, else random crop (after resizing the shorter side).
@@ -219,6 +220,15 @@ class TrainingConfig:
             raise ValueError(
                 f"ddpm_num_inference_steps={self.ddpm_num_inference_steps} is not allowed; expected at most"
                 f" ddpm_num_steps={self.ddpm_num_steps}"
+            )
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name}={value!r} is not allowed; expected a finite number")
+        if self.resume_from_checkpoint is not None and self.overwrite_output_dir:
+            raise ValueError(
+                f"resume_from_checkpoint={self.resume_from_checkpoint!r} and overwrite_output_dir=True contradict each"
+                " other; give one of them"
             )
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate!r} is not allowed; expected > 0")

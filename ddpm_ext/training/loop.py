@@ -11,14 +11,20 @@ Decisions:
   incomplete global batch of an epoch is dropped; accumulation may span epochs.
 - Global torch / numpy / python RNG states (dropout, random crops) are saved and restored by
   `accelerator.save_state` / `load_state`; with random crops, exact resume needs `dataloader_num_workers=0`.
-- Checkpoints: `accelerator.save_state` into `.tmp-checkpoint-<step>`, then `ddpm_ext_training.json` (which marks a
-  checkpoint complete), then an atomic rename to `checkpoint-<step>`. Pruning to `checkpoints_total_limit` happens
+- Checkpoints: `accelerator.save_state` into `.tmp-checkpoint-<step>`, fsync, then `ddpm_ext_training.json` (which
+  marks a checkpoint complete and lists each file's size and sha256), then an atomic rename to `checkpoint-<step>`.
+  `latest` resumes from the newest checkpoint whose checksums verify. A new run into a folder with checkpoints is
+  refused unless `overwrite_output_dir`. The end-of-run pipeline goes to `.tmp-pipeline`, then is renamed into place. Pruning to `checkpoints_total_limit` happens
   after a successful save. The EMA, the LR schedule, the timestep sampler and the step counter are registered
   with `accelerator.register_for_checkpointing`.
 - SIGTERM / SIGINT: the first one sets a flag; the run saves a checkpoint at the next step boundary (a
   multi-process run agrees on the flag every `logging_steps` steps) and returns with `interrupted_by` set; the
   command line then exits with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), as shells report a
-  killed process, so job schedulers see the run as unfinished. A second Ctrl-C aborts at once.
+  killed process, so job schedulers see the run as unfinished. A second Ctrl-C aborts at once. The handlers stay
+  installed until the end-of-run outputs are written. Under a launcher, a thread also watches the launcher and sends
+  SIGTERM to this process when it is gone (see `checkpoints.ParentWatch`).
+- Divergence: the loss / gradient-norm values fetched for logging are checked for NaN / inf (no extra host sync),
+  and the weights before every save (one sync per save); either raises `TrainingDivergedError`.
 - Host syncs: per-step losses and gradient norms stay on the device and are fetched every `logging_steps` steps
   (one gather), then written to `output_dir/metrics.jsonl` one line per step.
 - Held-out bits/dim: `eval_nll_num_images` rows split off with seed 0 (the same split for every run seed), only
@@ -52,6 +58,17 @@ from ..losses import training_losses
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
 from ..resample import create_sampler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
+from .checkpoints import (
+    DiskFullError,
+    ParentWatch,
+    TrainingDivergedError,
+    disk_full_error,
+    file_manifest,
+    fsync_dir,
+    fsync_tree,
+    is_disk_full,
+    verify_checkpoint,
+)
 from .config import TrainingConfig
 from .models import unet_config
 
@@ -146,6 +163,31 @@ def check_checkpoint_compatible(path: str, expected: Dict[str, Any]) -> Dict[str
     return saved
 
 
+# options that change what the remaining steps compute: resuming with another value still works but is not exact
+EXACTNESS_KEYS = (
+    "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps",
+    "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm", "loss_type", "vlb_weight",
+    "snr_gamma", "random_flip", "center_crop", "dataset_name", "dataset_config_name", "train_data_dir",
+    "eval_nll_steps", "eval_nll_num_images", "ema_inv_gamma", "ema_power", "ema_max_decay", "mixed_precision",
+)
+
+# AdamW's hyperparameters live in the optimizer's param_groups, which `load_state` restores (the LR schedule restores
+# its base rates too), so these flags have no effect on a resumed run
+_RESTORED_KEYS = ("learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon")
+
+
+def exactness_differences(saved: Dict[str, Any], config: Dict[str, Any], num_processes: int) -> List[str]:
+    """The options (and the process count) that differ between a checkpoint's run and this one, one line each."""
+    old = _normalize(saved.get("config", {}))
+    new = _normalize(config)
+    lines = [f"{key}: checkpoint {old.get(key)!r}, this run {new.get(key)!r}"
+             + (" (ignored: the checkpoint's optimizer keeps its value)" if key in _RESTORED_KEYS else "")
+             for key in EXACTNESS_KEYS if key in old and old.get(key) != new.get(key)]
+    if "num_processes" in saved and saved["num_processes"] != num_processes:
+        lines.append(f"num_processes: checkpoint {saved['num_processes']!r}, this run {num_processes!r}")
+    return lines
+
+
 class _StepCounter:
     """The optimizer-step counter, saved with the checkpoint."""
 
@@ -169,7 +211,8 @@ class _SignalFlag:
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signum = signum
+        if self.signum is None:  # the first signal decides the exit status
+            self.signum = signum
         logger.warning("received %s: saving a checkpoint at the next step boundary", signal.Signals(signum).name)
 
     def __enter__(self) -> "_SignalFlag":
@@ -268,7 +311,7 @@ class DDPMTrainer:
         }
         self.resume_path = self._resolve_resume()
         if self.resume_path is not None:
-            check_checkpoint_compatible(self.resume_path, self.fingerprint)
+            self.resume_state = check_checkpoint_compatible(self.resume_path, self.fingerprint)
 
         mixed_precision = cfg.mixed_precision
         if mixed_precision is None:
@@ -378,13 +421,38 @@ class DDPMTrainer:
     def _resolve_resume(self) -> Optional[str]:
         cfg = self.config
         if cfg.resume_from_checkpoint is None:
+            found = list_checkpoints(cfg.output_dir)
+            if found and not cfg.overwrite_output_dir:
+                raise ValueError(
+                    f"output_dir {cfg.output_dir!r} already holds checkpoints of a run ({os.path.basename(found[-1][1])});"
+                    " continue it with --resume_from_checkpoint latest, or start over with --overwrite_output_dir"
+                    " (deletes its checkpoints and metrics)"
+                )
             return None
         if cfg.resume_from_checkpoint == "latest":
             found = list_checkpoints(cfg.output_dir)
             if not found:
                 logger.warning("resume_from_checkpoint='latest': no checkpoint in %s; starting a new run", cfg.output_dir)
                 return None
-            return found[-1][1]
+            skipped = []
+            for _, path in reversed(found):
+                problems = verify_checkpoint(path, CHECKPOINT_MARKER)
+                if not problems:
+                    for name, why in skipped:
+                        logger.warning("resume_from_checkpoint='latest': skipped the damaged %s (%s); resuming from %s",
+                                       name, why, os.path.basename(path))
+                    return path
+                skipped.append((os.path.basename(path), "; ".join(problems)))
+            raise ValueError(
+                f"resume_from_checkpoint='latest': no checkpoint in {cfg.output_dir!r} verifies: "
+                + "; ".join(f"{name}: {why}" for name, why in skipped)
+            )
+        problems = verify_checkpoint(cfg.resume_from_checkpoint, CHECKPOINT_MARKER)
+        if problems and os.path.isfile(os.path.join(cfg.resume_from_checkpoint, CHECKPOINT_MARKER)):
+            raise ValueError(
+                f"resume_from_checkpoint={cfg.resume_from_checkpoint!r} is damaged: {'; '.join(problems)};"
+                " pick another checkpoint-<step> folder or use 'latest' (skips damaged checkpoints)"
+            )
         return cfg.resume_from_checkpoint
 
     def _load_data(self, default_data: bool) -> None:
@@ -551,6 +619,18 @@ class DDPMTrainer:
         num = len(self._pending)
         self._pending.clear()
         step = self.counter.global_step
+        # on values already on the host; with fp16 loss scaling an infinite gradient norm is a skipped step (the
+        # scaler lowers its scale), not divergence, so only the loss counts there
+        checked = gathered[..., :1] if accelerator.scaler is not None else gathered
+        finite = torch.isfinite(checked).all(dim=0).all(dim=-1)  # [steps]
+        if not bool(finite.all()):
+            first = step - num + 1 + int((~finite).nonzero()[0])
+            raise TrainingDivergedError(
+                f"training diverged: the loss or the gradient norm is not finite at step {first} (loss"
+                f" {float(values[first - step + num - 1, 0])}, gradient norm {float(values[first - step + num - 1, 1])});"
+                f" nothing from this point was saved; {self._last_good()}."
+                " Lower --learning_rate or --max_grad_norm, and resume with --resume_from_checkpoint latest"
+            )
         now = time.perf_counter()
         images = (step - self._last_log_step) * self.schedule.global_batch_size * self.config.gradient_accumulation_steps
         images_per_sec = images / max(now - self._last_log_time, 1e-9)
@@ -574,12 +654,43 @@ class DDPMTrainer:
         path = os.path.join(self.config.output_dir, METRICS_FILE)
         if not self.accelerator.is_main_process or not os.path.isfile(path):
             return
+        rows = []
         with open(path, encoding="utf-8") as fh:
-            rows = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= step]
+            for line in fh:
+                row = _parse_metrics_line(line)
+                if row is not None and row.get("step", 0) <= step:
+                    rows.append(json.dumps(row) + "\n")
         with open(path, "w", encoding="utf-8") as fh:
             fh.writelines(rows)
 
     # ------------------------------------------------------------------ checkpoints
+    def _check_finite_weights(self, what: str) -> None:
+        """Refuse to save non-finite weights (one host sync per save)."""
+        tensors = list(self.unet.parameters())
+        if self.ema is not None:
+            tensors += list(self.ema.shadow_params)
+        ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+        if not bool(ok):
+            raise TrainingDivergedError(
+                f"training diverged: the weights are not finite at step {self.counter.global_step}; the {what} was not"
+                f" saved; {self._last_good()}. Lower --learning_rate or"
+                " --max_grad_norm, and resume with --resume_from_checkpoint latest"
+            )
+
+    def _last_good(self) -> str:
+        if self.last_checkpoint is None:
+            return "this run wrote no checkpoint"
+        return f"the last good checkpoint is {self.last_checkpoint}"
+
+    def _state_bytes(self) -> int:
+        """About the bytes a checkpoint takes: weights, optimizer state, EMA (for the disk-full message)."""
+        total = sum(p.numel() * p.element_size() for p in self.unet.parameters())
+        for state in self.optimizer.state_dict()["state"].values():
+            total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+        if self.ema is not None:
+            total += sum(p.numel() * p.element_size() for p in self.ema.shadow_params)
+        return total + 2**20
+
     def save_checkpoint(self) -> str:
         """Save a resumable checkpoint `checkpoint-<step>` atomically (write aside, then rename); prune old ones."""
         accelerator = self.accelerator
@@ -587,18 +698,36 @@ class DDPMTrainer:
         step = self.counter.global_step
         final = os.path.join(cfg.output_dir, f"{CHECKPOINT_PREFIX}{step}")
         tmp = os.path.join(cfg.output_dir, f".tmp-{CHECKPOINT_PREFIX}{step}")
+        self._check_finite_weights("checkpoint")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(tmp)
+        try:
+            accelerator.save_state(tmp)
+        except (OSError, RuntimeError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(err, cfg.output_dir, self._state_bytes()):
+                raise disk_full_error(err, tmp, self._state_bytes()) from err
+            raise
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state = dict(self.fingerprint, global_step=step, num_processes=accelerator.num_processes,
                          train_batch_size=cfg.train_batch_size, config=cfg.to_dict())
-            with open(os.path.join(tmp, CHECKPOINT_MARKER), "w", encoding="utf-8") as fh:
-                json.dump(_normalize(state), fh, indent=2)
+            try:
+                fsync_tree(tmp)
+                state["files"] = file_manifest(tmp, CHECKPOINT_MARKER)
+                with open(os.path.join(tmp, CHECKPOINT_MARKER), "w", encoding="utf-8") as fh:
+                    json.dump(_normalize(state), fh, indent=2)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                fsync_dir(tmp)
+            except OSError as err:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if is_disk_full(err, cfg.output_dir, self._state_bytes()):
+                    raise disk_full_error(err, tmp, self._state_bytes()) from err
+                raise
             if os.path.exists(final):
                 old = os.path.join(cfg.output_dir, f".old-{CHECKPOINT_PREFIX}{step}")
                 shutil.rmtree(old, ignore_errors=True)
@@ -607,6 +736,7 @@ class DDPMTrainer:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
+            fsync_dir(cfg.output_dir)
             if cfg.checkpoints_total_limit is not None:
                 for _, path in list_checkpoints(cfg.output_dir)[: -cfg.checkpoints_total_limit]:
                     shutil.rmtree(path, ignore_errors=True)
@@ -617,7 +747,10 @@ class DDPMTrainer:
 
     def load_checkpoint(self, path: str) -> None:
         """Restore model, optimizer, EMA, LR schedule, sampler, RNG states and the step from `path`."""
-        check_checkpoint_compatible(path, self.fingerprint)
+        saved = check_checkpoint_compatible(path, self.fingerprint)
+        for line in exactness_differences(saved, self.config.to_dict(), self.accelerator.num_processes):
+            logger.warning("resuming with a different %s; the resumed run is not bit-identical to an uninterrupted"
+                           " one", line)
         self.accelerator.load_state(path)
         self.last_checkpoint = path
         self._last_log_step = self.counter.global_step
@@ -703,10 +836,23 @@ class DDPMTrainer:
 
     def save_pipeline(self) -> None:
         """Save the self-contained `DDPMExtPipeline` (EMA weights) into `output_dir` (main process)."""
+        self._check_finite_weights("pipeline")
         if not self.accelerator.is_main_process:
             return
-        with self.ema_weights():
-            self._pipeline().save_pretrained(self.config.output_dir)
+        out = self.config.output_dir
+        tmp = os.path.join(out, ".tmp-pipeline")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with self.ema_weights():
+                self._pipeline().save_pretrained(tmp)
+            fsync_tree(tmp)
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            size = sum(p.numel() * p.element_size() for p in self.unet.parameters()) + 2**20
+            if is_disk_full(err, out, size):
+                raise disk_full_error(err, tmp, size) from err
+            raise
+        _swap_in(tmp, out, os.path.join(out, ".old-pipeline"))
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> TrainingResult:
@@ -720,16 +866,20 @@ class DDPMTrainer:
             self.load_checkpoint(self.resume_path)
             self._truncate_metrics(self.counter.global_step)
         elif accelerator.is_main_process:
-            if list_checkpoints(cfg.output_dir):
-                logger.warning("output_dir %s already holds checkpoints of another run; new ones replace them",
+            old = [name for name in os.listdir(cfg.output_dir)
+                   if name.startswith((CHECKPOINT_PREFIX, f".tmp-{CHECKPOINT_PREFIX}", f".old-{CHECKPOINT_PREFIX}"))]
+            if old:  # only with --overwrite_output_dir (setup refuses otherwise)
+                logger.warning("overwrite_output_dir: deleting the previous run's %s in %s", ", ".join(sorted(old)),
                                cfg.output_dir)
+                for name in old:
+                    shutil.rmtree(os.path.join(cfg.output_dir, name), ignore_errors=True)
             metrics = os.path.join(cfg.output_dir, METRICS_FILE)
             if os.path.exists(metrics):
                 os.remove(metrics)
+        accelerator.wait_for_everyone()
         if cfg.logger != "none":
             accelerator.init_trackers("train_ddpm", config=_tracker_config(cfg.to_dict()))
         accum = cfg.gradient_accumulation_steps
-        micro_per_epoch = self.schedule.micro_steps_per_epoch
         start = self.counter.global_step
         logger.info(
             "training %d steps (%d → %d), %d processes × batch %d × accumulation %d, %s data, mixed precision %s",
@@ -740,45 +890,65 @@ class DDPMTrainer:
                         desc="train", dynamic_ncols=True)
         batches = self._micro_batches(start * accum)
         multi = accelerator.num_processes > 1
-        interrupted = None
         self._last_log_time = time.perf_counter()
-        with _SignalFlag() as flag:
-            while self.counter.global_step < self.max_train_steps:
-                epoch_before = (self.counter.global_step * accum) // micro_per_epoch
-                self._optimizer_step(batches)
-                step = self.counter.global_step
-                progress.update(1)
-                epoch_after = (step * accum) // micro_per_epoch
-                done = step >= self.max_train_steps
-                if step % cfg.logging_steps == 0 or done:
-                    self._flush_logs(progress)
-                if cfg.eval_nll_steps and step % cfg.eval_nll_steps == 0 and not done:
-                    self._flush_logs(progress)
-                    self.evaluate_bits_per_dim()
-                if epoch_after > epoch_before and not done:
-                    if epoch_after % cfg.save_images_epochs == 0:
-                        self.save_samples()
-                    if epoch_after % cfg.save_model_epochs == 0:
-                        self.save_pipeline()
-                if step % cfg.checkpointing_steps == 0 and not done:
-                    self._flush_logs(progress)
-                    self.save_checkpoint()
-                if not multi:
-                    signum = flag.signum
-                elif step % cfg.logging_steps == 0 or done:
-                    seen = torch.tensor([flag.signum or 0], device=accelerator.device)
-                    signum = int(accelerator.gather(seen).max()) or None
-                else:
-                    signum = None
-                if signum and not done:
-                    interrupted = signum
-                    break
-            self._flush_logs(progress)
-            progress.close()
-            if self.last_checkpoint is None or not self.last_checkpoint.endswith(
-                f"{CHECKPOINT_PREFIX}{self.counter.global_step}"
-            ):
+        with _SignalFlag() as flag, ParentWatch():
+            result = self._train_loop(flag, progress, batches, multi)
+        if result.hub_url is None and cfg.push_to_hub and accelerator.is_main_process and result.interrupted_by is None:
+            from ..hub import HubPushError, push_output_dir
+
+            repo_id = cfg.hub_model_id or os.path.basename(os.path.abspath(cfg.output_dir))
+            try:
+                result.hub_url = push_output_dir(cfg.output_dir, repo_id, token=cfg.hub_token,
+                                                 private=cfg.hub_private_repo)
+                logger.info("pushed to %s", result.hub_url)
+            except HubPushError as err:
+                result.push_error = str(err)
+                logger.error("%s", err)
+        return result
+
+    def _train_loop(self, flag: "_SignalFlag", progress, batches, multi: bool) -> TrainingResult:
+        """The steps, the final checkpoint and the end-of-run outputs, all under the signal handlers."""
+        cfg = self.config
+        accelerator = self.accelerator
+        accum = cfg.gradient_accumulation_steps
+        micro_per_epoch = self.schedule.micro_steps_per_epoch
+        interrupted = None
+        while self.counter.global_step < self.max_train_steps:
+            epoch_before = (self.counter.global_step * accum) // micro_per_epoch
+            self._optimizer_step(batches)
+            step = self.counter.global_step
+            progress.update(1)
+            epoch_after = (step * accum) // micro_per_epoch
+            done = step >= self.max_train_steps
+            if step % cfg.logging_steps == 0 or done:
+                self._flush_logs(progress)
+            if cfg.eval_nll_steps and step % cfg.eval_nll_steps == 0 and not done:
+                self._flush_logs(progress)
+                self.evaluate_bits_per_dim()
+            if epoch_after > epoch_before and not done:
+                if epoch_after % cfg.save_images_epochs == 0:
+                    self.save_samples()
+                if epoch_after % cfg.save_model_epochs == 0:
+                    self.save_pipeline()
+            if step % cfg.checkpointing_steps == 0 and not done:
+                self._flush_logs(progress)
                 self.save_checkpoint()
+            if not multi:
+                signum = flag.signum
+            elif step % cfg.logging_steps == 0 or done:
+                seen = torch.tensor([flag.signum or 0], device=accelerator.device)
+                signum = int(accelerator.gather(seen).max()) or None
+            else:
+                signum = None
+            if signum and not done:
+                interrupted = signum
+                break
+        self._flush_logs(progress)
+        progress.close()
+        if self.last_checkpoint is None or not self.last_checkpoint.endswith(
+            f"{CHECKPOINT_PREFIX}{self.counter.global_step}"
+        ):
+            self.save_checkpoint()
         if cfg.log_batch_indices:
             folder = os.path.join(cfg.output_dir, "debug")
             os.makedirs(folder, exist_ok=True)
@@ -803,18 +973,27 @@ class DDPMTrainer:
             write_model_card(cfg, result, self.dataset_label, self.unet)
         accelerator.wait_for_everyone()
         accelerator.end_training()
-        if cfg.push_to_hub and accelerator.is_main_process:
-            from ..hub import HubPushError, push_output_dir
-
-            repo_id = cfg.hub_model_id or os.path.basename(os.path.abspath(cfg.output_dir))
-            try:
-                result.hub_url = push_output_dir(cfg.output_dir, repo_id, token=cfg.hub_token,
-                                                 private=cfg.hub_private_repo)
-                logger.info("pushed to %s", result.hub_url)
-            except HubPushError as err:
-                result.push_error = str(err)
-                logger.error("%s", err)
+        if flag.signum is not None:  # a signal during the final saves: they completed; stop before publishing
+            logger.warning("received %s while saving the finished run; the outputs are complete, not pushing",
+                           signal.Signals(flag.signum).name)
+            result.interrupted_by = flag.signum
         return result
+
+
+def _swap_in(src: str, dest: str, old: str) -> None:
+    """Move every entry of the complete folder `src` into `dest` by renames (`model_index.json` last, so a loader
+    never sees the new index with the old components); replaced entries go through `old`, removed at the end."""
+    shutil.rmtree(old, ignore_errors=True)
+    os.makedirs(old)
+    names = sorted(os.listdir(src), key=lambda n: n == "model_index.json")
+    for name in names:
+        target = os.path.join(dest, name)
+        if os.path.lexists(target):
+            os.replace(target, os.path.join(old, name))
+        os.replace(os.path.join(src, name), target)
+    fsync_dir(dest)
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def train(config: TrainingConfig) -> TrainingResult:
@@ -847,6 +1026,18 @@ def _image_grid(images: np.ndarray) -> np.ndarray:
     return grid[..., 0] if c == 1 else grid
 
 
+def _parse_metrics_line(line: str) -> Optional[Dict[str, Any]]:
+    """A metrics.jsonl row, or None for a blank or half-written line (a run killed mid-write)."""
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except ValueError:
+        logger.warning("metrics.jsonl: skipped an incomplete line %r", line[:80])
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def read_metrics(path: str) -> Tuple[Dict[int, float], Dict[int, float]]:
     """(loss per step, bits/dim per step) from a `metrics.jsonl` (the last entry of a step wins)."""
     losses: Dict[int, float] = {}
@@ -854,9 +1045,9 @@ def read_metrics(path: str) -> Tuple[Dict[int, float], Dict[int, float]]:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as fh:
             for line in fh:
-                if not line.strip():
+                row = _parse_metrics_line(line)
+                if row is None:
                     continue
-                row = json.loads(line)
                 if "loss" in row:
                     losses[int(row["step"])] = float(row["loss"])
                 if "bits_per_dim" in row:
@@ -970,6 +1161,8 @@ Without ddpm-ext installed: `DiffusionPipeline.from_pretrained("{repo}", trust_r
 
 __all__ = [
     "DDPMTrainer",
+    "DiskFullError",
+    "TrainingDivergedError",
     "TrainingResult",
     "check_checkpoint_compatible",
     "derive_seed",

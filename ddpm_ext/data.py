@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-
 __all__ = [
     "load_digits_dataset",
     "load_image_dataset",

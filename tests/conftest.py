@@ -62,7 +62,6 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
-
 from hub_server import HubStandIn  # noqa: E402
 
 

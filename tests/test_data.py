@@ -202,7 +202,8 @@ def test_split_dataset_is_deterministic_disjoint_and_complete(digits):
     train, test = split_dataset(digits, test_size=0.1, seed=0)
     train2, test2 = split_dataset(digits, test_size=0.1, seed=0)
     assert len(test) == 180 and len(train) == 1617
-    key = lambda ds: [tuple(np.asarray(im).ravel()) + (lab,) for im, lab in zip(ds["image"], ds["label"])]
+    def key(ds):
+        return [tuple(np.asarray(im).ravel()) + (lab,) for im, lab in zip(ds["image"], ds["label"])]
     assert key(test) == key(test2) and key(train) == key(train2)
     assert sorted(key(train) + key(test)) == sorted(key(digits))
     _, other = split_dataset(digits, test_size=0.1, seed=1)

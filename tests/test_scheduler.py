@@ -103,7 +103,7 @@ def test_step_parity_with_ddpm_scheduler_respaced(schedule, prediction, variance
 @pytest.mark.parametrize(
     "cfg",
     [
-        dict(),
+        {},
         dict(clip_sample=False),
         dict(thresholding=True, sample_max_value=2.0),
         dict(clip_sample_range=0.5, prediction_type="v_prediction"),
@@ -120,7 +120,7 @@ def test_step_parity_with_ddpm_scheduler_options(cfg):
         _run_parity(cfg, n)
 
 
-@pytest.mark.parametrize("cfg", [dict(), dict(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")])
+@pytest.mark.parametrize("cfg", [{}, dict(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")])
 def test_step_parity_over_the_full_1000_step_chain(cfg):
     _run_parity(cfg, None, batch=1, channels=1, size=2)
 

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from _models import tiny_unet
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from scipy import stats
 
 from ddpm_ext import DDPMExtScheduler
@@ -144,22 +145,8 @@ def test_add_noise_velocity_and_tables_match_ddpm_scheduler():
     assert ours.previous_timestep(900) == 800 and ours.previous_timestep(0) == -1
 
 
-def _tiny_unet(out_channels=3):
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=out_channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    )
-
-
 def test_stock_ddpm_pipeline_gives_the_same_seeded_images_with_either_scheduler():
-    unet = _tiny_unet()
+    unet = tiny_unet(in_channels=3)
     cfg = dict(num_train_timesteps=100, beta_end=0.2)
     images = []
     for cls in (DDPMScheduler, DDPMExtScheduler):

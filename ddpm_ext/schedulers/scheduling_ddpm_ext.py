@@ -96,10 +96,10 @@ def _cosine_alpha_bar(t: np.ndarray, s: float = 0.008) -> np.ndarray:
 
 
 def _laplace_alpha_bar(t: np.ndarray) -> np.ndarray:
-    # Hang et al. 2024 ("Improved Noise Schedule for Diffusion Training", arXiv:2407.03297): log-SNR λ(t) = -F⁻¹(t), F
-    # the Laplace(μ = 0, b = 0.5) distribution, so training time concentrates around SNR = 1. The value returned, as
-    # diffusers' `betas_for_alpha_bar(..., "laplace")` defines it (and DDPMScheduler uses), is √(SNR / (1 + SNR)).
-    # copysign, as diffusers: at t = 0.5 the sign is +1 (np.sign would give 0)
+    # Hang et al. 2024 ("Improved Noise Schedule for Diffusion Training", arXiv:2407.03297): the log-SNR is
+    # λ(t) = -F⁻¹(t) for F the Laplace(μ = 0, b = 0.5) distribution, so training time concentrates around SNR = 1.
+    # The value returned is √(SNR / (1 + SNR)), as diffusers' `betas_for_alpha_bar(..., "laplace")` defines it (and
+    # DDPMScheduler uses it); copysign as there: at t = 0.5 the sign is +1 (np.sign would give 0).
     lmb = -0.5 * np.copysign(1.0, 0.5 - t) * np.log(1 - 2 * np.abs(0.5 - t) + 1e-6)
     snr = np.exp(lmb)
     return np.sqrt(snr / (1 + snr))
@@ -305,7 +305,8 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         if last is not None and table[last].prev_t < 0:
             # β̃ is 0 at the step into x_0: its log is clipped to the step before it (a one-step chain: log β), as
             # the full-chain tables do (IDDPM). The step adds no noise, so these only keep the tables' meaning.
-            before = table[timesteps[-2]].posterior_log_variance_clipped if len(timesteps) > 1 else table[last].log_betas
+            before = table[timesteps[-2]] if len(timesteps) > 1 else None
+            before = before.posterior_log_variance_clipped if before is not None else table[last].log_betas
             table[last] = table[last]._replace(posterior_log_variance_clipped=before, large_log_variance=before)
         self._steps = table
         self._timestep_list = list(timesteps)
@@ -448,7 +449,9 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
-    def _coefficients(self, timestep: Union[int, torch.Tensor], like: torch.Tensor) -> Tuple[Optional[int], _StepCoefficients]:
+    def _coefficients(
+        self, timestep: Union[int, torch.Tensor], like: torch.Tensor
+    ) -> Tuple[Optional[int], _StepCoefficients]:
         """
         The coefficients of the step from `timestep`. A Python int or a CPU tensor gives Python floats and its int
         value; a tensor on an accelerator gives 0-d tensors gathered on `like`'s device from the per-timestep table
@@ -581,9 +584,10 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         if eta is not None:  # a DDIM step instead (Song et al. 2021, eq. 12)
             prev_sample = self._ddim_step(model_output, sample, pred_original_sample, c, t, float(eta), generator)
         else:
-            # 4.-5. the posterior mean μ̃_t(x_t, x̂_0) = coef1 · x̂_0 + coef2 · x_t (DDPM eq. 7)
-            prev_sample = _axpy(torch.mul(sample, c.posterior_mean_coef2), pred_original_sample, c.posterior_mean_coef1)
-            # 6. add noise: x_{t-1} = μ̃_t + σ_t z, σ_t² = Σ_θ (DDPM Algorithm 2). For t > 0 the same draws as
+            # 4. the predicted previous sample, the posterior mean (DDPM eq. 7): μ̃_t = coef1 · x̂_0 + coef2 · x_t
+            coef1, coef2 = c.posterior_mean_coef1, c.posterior_mean_coef2
+            prev_sample = _axpy(torch.mul(sample, coef2), pred_original_sample, coef1)
+            # 5. add noise: x_{t-1} = μ̃_t + σ_t z with σ_t² = Σ_θ (DDPM Algorithm 2). For t > 0 the same draws as
             # DDPMScheduler, so seeded runs match it. The step into x_0 has zero posterior variance and adds none. A
             # device timestep cannot be read without a host sync: then noise is drawn at every step and scaled by
             # the table's noise_scale, 0 at the step into x_0 (one extra draw, at t = 0, the last step of a chain).
@@ -593,14 +597,9 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
                     log_variance = self._log_variance(c, predicted_variance)
                     if isinstance(log_variance, torch.Tensor):
                         std = torch.exp(0.5 * log_variance)
+                        prev_sample.addcmul_(std * c.noise_scale if t is None else std, noise)
                     else:
-                        std = math.exp(0.5 * log_variance)
-                    if t is None:
-                        std = std * c.noise_scale
-                    if isinstance(std, torch.Tensor):
-                        prev_sample.addcmul_(std, noise)
-                    else:
-                        prev_sample.add_(noise, alpha=std)
+                        prev_sample.add_(noise, alpha=math.exp(0.5 * log_variance))
 
         if not return_dict:
             return prev_sample, pred_original_sample
@@ -891,7 +890,9 @@ def _integral_timestep(t) -> int:
     if isinstance(t, torch.Tensor) and t.numel() == 1 or isinstance(t, (np.ndarray, np.generic)) and np.size(t) == 1:
         value = t.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-        raise ValueError(f"custom timesteps must be integers, got {t!r}; allowed: integers in [0, num_train_timesteps)")
+        raise ValueError(
+            f"custom timesteps must be integers, got {t!r}; allowed: integers in [0, num_train_timesteps)"
+        )
     return int(value)
 
 
@@ -912,7 +913,9 @@ def _make_betas(
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float64)
         if betas.ndim != 1:
-            raise ValueError(f"trained_betas has shape {betas.shape}; allowed: a 1-D list of {T} betas, one per timestep")
+            raise ValueError(
+                f"trained_betas has shape {betas.shape}; allowed: a 1-D list of {T} betas, one per timestep"
+            )
         if betas.shape[0] != T:
             raise ValueError(
                 f"trained_betas has {betas.shape[0]} values but num_train_timesteps={T}; they must be equal"
@@ -944,5 +947,7 @@ def _make_betas(
     bad = np.flatnonzero(~((betas > 0.0) & (betas < 1.0)))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{source} gives beta[{i}]={float(betas[i])!r}; every beta must lie in the open interval (0, 1)")
+        raise ValueError(
+            f"{source} gives beta[{i}]={float(betas[i])!r}; every beta must lie in the open interval (0, 1)"
+        )
     return betas

@@ -230,7 +230,7 @@ def main() -> None:
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}",
         "date": time.strftime("%Y-%m-%d"),
-        "settings": {k: v for k, v in vars(args).items()},
+        "settings": dict(vars(args)),
         "steps": args.steps,
         "recipes": {},
     }

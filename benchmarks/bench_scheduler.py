@@ -20,7 +20,7 @@ from diffusers import DDPMScheduler
 from ddpm_ext import DDPMExtScheduler
 
 CONFIGS = {
-    "default (linear, epsilon, fixed_small, clip)": dict(),
+    "default (linear, epsilon, fixed_small, clip)": {},
     "cosine, v_prediction, fixed_large": dict(
         beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", variance_type="fixed_large"
     ),

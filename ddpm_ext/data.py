@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-
 __all__ = [
     "load_digits_dataset",
     "load_image_dataset",
@@ -38,7 +37,6 @@ __all__ = [
     "preprocess_image",
     "pretensorize",
     "uint8_to_pixel_values",
-    "random_hflip",
     "split_indices",
     "split_dataset",
 ]
@@ -329,26 +327,6 @@ def uint8_to_pixel_values(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32) / 127.5 - 1.0
 
 
-def random_hflip(images: torch.Tensor, p: float = 0.5, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Flip each image of a batch `[N, C, H, W]` horizontally with probability `p`.
-
-    Args:
-        images (`torch.Tensor`): batch `[N, C, H, W]`, any dtype.
-        p (`float`, defaults to 0.5): flip probability.
-        generator (`torch.Generator`, *optional*): random source (on the CPU).
-
-    Returns:
-        `torch.Tensor`: the batch with the chosen images flipped.
-    """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p={p!r} must be in [0, 1]")
-    if images.ndim != 4:
-        raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
-    flip = torch.rand(images.shape[0], generator=generator) < p
-    flip = flip.to(images.device).view(-1, 1, 1, 1)
-    return torch.where(flip, images.flip(-1), images)
-
-
 def make_transform(
     resolution: int,
     channels: int,
@@ -396,8 +374,8 @@ def pretensorize(
 ) -> torch.Tensor:
     """Decode a (small) data set once into a uint8 tensor `[N, C, H, W]`.
 
-    Training then indexes this tensor and does no per-step PIL work; apply `uint8_to_pixel_values` and
-    `random_hflip` to each batch. Non-square images are center cropped (the result is deterministic).
+    Training then indexes this tensor and does no per-step PIL work; apply `uint8_to_pixel_values` to each batch
+    (the training loop flips batches itself, from its own generator). Non-square images are center cropped (the result is deterministic).
 
     Args:
         dataset (`datasets.Dataset`): the data set, without a transform set on it.
@@ -450,6 +428,11 @@ def split_dataset(
     dataset: datasets.Dataset, test_size: Union[float, int] = 0.1, seed: int = 0
 ) -> Tuple[datasets.Dataset, datasets.Dataset]:
     """Deterministic held-out split (e.g. for bits/dim or Fréchet distance on unseen images).
+
+    For a row count the rows are those of `dataset.train_test_split(test_size, seed=seed)` (the same permutation),
+    kept in the data set's order; that order is what training and its resume depend on, so datasets' own split
+    (shuffled order; a fraction rounded up, not to nearest) is not used in its place. `split_indices` is the same
+    split for tensors.
 
     Args:
         dataset (`datasets.Dataset`): the data set.

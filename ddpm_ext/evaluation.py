@@ -28,7 +28,6 @@ from torch import nn
 
 from .data import split_indices
 
-
 __all__ = [
     "DigitsClassifierFeatures",
     "TransformersFeatures",

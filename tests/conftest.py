@@ -62,7 +62,6 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
-
 from hub_server import HubStandIn  # noqa: E402
 
 
@@ -88,3 +87,15 @@ def _fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny kernels gain nothing from threads, and spinning threads stall when
+    other jobs share the cores. The previous thread count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

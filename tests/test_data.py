@@ -11,7 +11,6 @@ from ddpm_ext.data import (
     make_transform,
     preprocess_image,
     pretensorize,
-    random_hflip,
     split_dataset,
     uint8_to_pixel_values,
 )
@@ -148,13 +147,6 @@ def test_missing_image_column_error_lists_columns(tmp_path):
         load_image_dataset(train_data_dir=str(tmp_path / "x.parquet"), cache_dir=str(tmp_path / "cache"))
 
 
-def test_random_hflip_with_p1_reverses_width_axis():
-    x = torch.arange(2 * 3 * 4 * 5).view(2, 3, 4, 5)
-    flipped = random_hflip(x, p=1.0)
-    assert torch.equal(flipped, x[..., torch.arange(4, -1, -1)])
-    assert torch.equal(random_hflip(x, p=0.0), x)
-
-
 def test_transform_random_flip_yields_exact_mirror_images():
     image = Image.fromarray(np.tile(np.arange(8, dtype=np.uint8) * 30, (8, 1)), mode="L")
     plain = make_transform(8, 1)({"image": [image]})["pixel_values"][0]
@@ -202,8 +194,17 @@ def test_split_dataset_is_deterministic_disjoint_and_complete(digits):
     train, test = split_dataset(digits, test_size=0.1, seed=0)
     train2, test2 = split_dataset(digits, test_size=0.1, seed=0)
     assert len(test) == 180 and len(train) == 1617
-    key = lambda ds: [tuple(np.asarray(im).ravel()) + (lab,) for im, lab in zip(ds["image"], ds["label"])]
+    def key(ds):
+        return [tuple(np.asarray(im).ravel()) + (lab,) for im, lab in zip(ds["image"], ds["label"])]
     assert key(test) == key(test2) and key(train) == key(train2)
     assert sorted(key(train) + key(test)) == sorted(key(digits))
     _, other = split_dataset(digits, test_size=0.1, seed=1)
     assert key(other) != key(test)
+
+
+def test_split_dataset_holds_the_rows_of_datasets_train_test_split_in_dataset_order(digits):
+    rows = digits.select(range(300)).add_column("row", list(range(300)))
+    train, test = split_dataset(rows, test_size=30, seed=3)
+    theirs = rows.train_test_split(test_size=30, seed=3)
+    assert test["row"] == sorted(theirs["test"]["row"]) and train["row"] == sorted(theirs["train"]["row"])
+    assert theirs["test"]["row"] != sorted(theirs["test"]["row"])  # datasets' order is shuffled; ours is not

@@ -125,7 +125,8 @@ def test_tiny_random_dinov2_on_1_channel_16x16_returns_hidden_size():
 
 def test_input_forms_uint8_and_minus1_1_float_give_same_fd(digits_features, digits_split):
     train_images, _, test_images, _ = digits_split
-    as_uint8 = lambda x: (x * 255).round().to(torch.uint8)
+    def as_uint8(x):
+        return (x * 255).round().to(torch.uint8)
     from_uint8 = frechet_distance(as_uint8(train_images), as_uint8(test_images), digits_features)
     from_float = frechet_distance(train_images * 2 - 1, test_images * 2 - 1, digits_features, float_range="[-1,1]")
     assert from_uint8 == pytest.approx(from_float, rel=1e-5)

@@ -9,12 +9,11 @@ import math
 
 import pytest
 import torch
+from _models import tiny_unet
 from diffusers import DDPMScheduler
 
 from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
 from ddpm_ext.training import DDPMTrainer, TrainingConfig, train
-
-from _models import tiny_unet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -4,7 +4,6 @@ vb_terms_bpd) against float64 formulas, scipy, torch.distributions and a closed-
 import math
 
 import numpy as np
-import pytest
 import torch
 from scipy import stats
 from scipy.special import log_ndtr
@@ -148,14 +147,6 @@ def _quantized_gaussian_entropy_bpd() -> float:
     p = stats.norm.cdf(upper) - stats.norm.cdf(lower)
     return float(-(p * np.log2(p)).sum())
 
-
-@pytest.fixture
-def one_thread():
-    """Small elementwise kernels gain nothing from threads, and spinning threads stall on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_monte_carlo_bound_matches_closed_form_for_gaussian_data_and_stays_above_entropy(one_thread):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _models import tiny_unet
 from scipy import stats
 
 from ddpm_ext import DDPMExtScheduler
@@ -308,23 +309,9 @@ def _bits_per_dim(model, sched, x0, seed=0):
     return total.mean().item()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and spinning threads stall when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_short_hybrid_training_on_digits_lowers_held_out_bits_per_dim(one_thread):
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    model = UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=2, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
-    )
+    model = tiny_unet(in_channels=1, out_channels=2, block_out_channels=(16, 32), norm_num_groups=8)
     sched = DDPMExtScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
     data = _digits()
     train, held_out = data[:-64], data[-64:]

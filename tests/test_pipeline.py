@@ -34,7 +34,7 @@ def test_output_types_pil_np_pt():
 
 
 def test_same_seeded_images_as_stock_ddpm_pipeline_with_ddpm_scheduler():
-    for cfg in (dict(), dict(variance_type="learned_range", beta_schedule="squaredcos_cap_v2")):
+    for cfg in ({}, dict(variance_type="learned_range", beta_schedule="squaredcos_cap_v2")):
         ours = _pipe(**cfg)
         stock = DDPMPipeline(ours.unet, DDPMScheduler(num_train_timesteps=50, **cfg))
         stock.set_progress_bar_config(disable=True)

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from _models import tiny_unet
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from scipy import stats
 
 from ddpm_ext import DDPMExtScheduler
@@ -103,7 +104,7 @@ def test_step_parity_with_ddpm_scheduler_respaced(schedule, prediction, variance
 @pytest.mark.parametrize(
     "cfg",
     [
-        dict(),
+        {},
         dict(clip_sample=False),
         dict(thresholding=True, sample_max_value=2.0),
         dict(clip_sample_range=0.5, prediction_type="v_prediction"),
@@ -120,7 +121,7 @@ def test_step_parity_with_ddpm_scheduler_options(cfg):
         _run_parity(cfg, n)
 
 
-@pytest.mark.parametrize("cfg", [dict(), dict(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")])
+@pytest.mark.parametrize("cfg", [{}, dict(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")])
 def test_step_parity_over_the_full_1000_step_chain(cfg):
     _run_parity(cfg, None, batch=1, channels=1, size=2)
 
@@ -144,22 +145,8 @@ def test_add_noise_velocity_and_tables_match_ddpm_scheduler():
     assert ours.previous_timestep(900) == 800 and ours.previous_timestep(0) == -1
 
 
-def _tiny_unet(out_channels=3):
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=out_channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    )
-
-
 def test_stock_ddpm_pipeline_gives_the_same_seeded_images_with_either_scheduler():
-    unet = _tiny_unet()
+    unet = tiny_unet(in_channels=3)
     cfg = dict(num_train_timesteps=100, beta_end=0.2)
     images = []
     for cls in (DDPMScheduler, DDPMExtScheduler):
@@ -563,3 +550,48 @@ def test_get_variance_has_ddpm_schedulers_semantics(variance_type):
     assert abs(DDPMExtScheduler()._get_variance(487).item() - 0.00979) < 1e-5
     with pytest.raises(ValueError, match="variance_type='nope' is not supported"):
         ours._get_variance(5, variance_type="nope")
+
+
+# ---------------------------------------------------------------- the laplace schedule (Hang et al. 2024)
+def test_laplace_schedule_is_the_laplace_log_snr_of_hang_et_al_and_matches_ddpm_scheduler():
+    from ddpm_ext.schedulers.scheduling_ddpm_ext import _laplace_alpha_bar
+
+    # λ(t) = log SNR(t) = -F⁻¹(t) for F the Laplace(0, 0.5) distribution, the value √(SNR / (1 + SNR))
+    t = np.linspace(0.01, 0.99, 99)
+    value = _laplace_alpha_bar(t)
+    log_snr = np.log(value**2 / (1 - value**2))
+    np.testing.assert_allclose(log_snr, -stats.laplace(loc=0.0, scale=0.5).ppf(t), rtol=0, atol=1e-4)
+    assert _laplace_alpha_bar(np.array([0.5]))[0] == pytest.approx(math.sqrt(0.5))
+    theirs, ours = _pair(beta_schedule="laplace")
+    torch.testing.assert_close(ours.betas, theirs.betas, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod, rtol=1e-5, atol=1e-7)
+    for n in (None, 10):
+        _run_parity(dict(beta_schedule="laplace", variance_type="learned_range"), n, batch=1, channels=1, size=2)
+
+
+# ---------------------------------------------------------------- one vocabulary: step coefficients are table entries
+def test_step_coefficients_over_the_full_chain_are_the_tables_entries_of_the_same_name():
+    ours = DDPMExtScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=50)
+    names = [f for f in ours._steps[0]._fields[2:] if f != "noise_scale"]
+    assert "coef_x0" not in names and "std_small" not in names
+    for t in (49, 20, 1, 0):
+        c = ours._steps[t]
+        for name in names:
+            assert getattr(c, name) == pytest.approx(float(ours._tables64[name][t]), rel=1e-12), (t, name)
+
+
+def test_step_and_p_mean_variance_share_x0_and_sigma_on_the_full_chain():
+    # the same model output at the same (x_t, t): step's x̂_0 and mean equal p_mean_variance's; the noise it adds
+    # has p_mean_variance's variance (recovered from two draws with the same generator seed)
+    for variance in ("fixed_small", "fixed_large", "learned", "learned_range"):
+        for prediction in ("epsilon", "sample", "v_prediction"):
+            ours = DDPMExtScheduler(num_train_timesteps=50, variance_type=variance, prediction_type=prediction)
+            learned = variance.startswith("learned")
+            x = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+            out = _model_output((2, 1, 4, 4), learned, seed=1).double()
+            for t in (30, 1):
+                mean, var, _, x0 = ours.p_mean_variance(out, x, torch.full((2,), t))
+                step = ours.step(out, t, x, generator=torch.Generator().manual_seed(5))
+                z = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(5))
+                torch.testing.assert_close(step.pred_original_sample, x0, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(step.prev_sample, mean + var.sqrt() * z, rtol=1e-10, atol=1e-10)

@@ -42,22 +42,41 @@ class DDPMExtSchedulerOutput(BaseOutput):
 
 
 class _StepCoefficients(NamedTuple):
-    """Python-float coefficients of one reverse step t -> prev_t, computed once in float64."""
+    """
+    The coefficients of one reverse step t -> prev_t, each named as the schedule table it is an entry of (the
+    tables of `_set_tables`, for a respaced chain those of its own β_t = 1 - ᾱ_t/ᾱ_prev, IDDPM §4). Python floats
+    computed once in float64 by `_build_step_table`, or 0-d tensors gathered on the sample's device.
+    """
 
     index: int
     prev_t: int
-    sqrt_alpha_prod: float  # √ᾱ_t
-    sqrt_one_minus_alpha_prod: float  # √(1-ᾱ_t)
-    sqrt_recip_alpha_prod: float  # 1/√ᾱ_t
-    sqrt_recipm1_alpha_prod: float  # √(1/ᾱ_t - 1)
-    sqrt_alpha_prod_prev: float  # √ᾱ_{prev}
-    coef_x0: float  # posterior mean coefficient of x_0
-    coef_xt: float  # posterior mean coefficient of x_t
-    std_small: float  # √β̃_t
-    std_large: float  # √β_t (of the possibly respaced chain)
-    log_var_small: float  # log β̃_t, clipped at the first step
-    log_beta: float  # log β_t
+    sqrt_alphas_cumprod: float  # √ᾱ_t
+    sqrt_one_minus_alphas_cumprod: float  # √(1-ᾱ_t)
+    sqrt_recip_alphas_cumprod: float  # 1/√ᾱ_t
+    sqrt_recipm1_alphas_cumprod: float  # √(1/ᾱ_t - 1)
+    sqrt_alphas_cumprod_prev: float  # √ᾱ_prev
+    posterior_mean_coef1: float  # of x_0 in μ̃_t (DDPM eq. 7)
+    posterior_mean_coef2: float  # of x_t in μ̃_t
+    posterior_variance: float  # β̃_t (DDPM eq. 7), 0 for the step into x_0
+    posterior_log_variance_clipped: float  # log β̃_t; at the step into x_0, log β̃ of the step before it (IDDPM)
+    log_betas: float  # log β_t
+    large_log_variance: float  # log Σ of fixed_large: log β_t; at the step into x_0, as the clipped log β̃ (IDDPM)
     noise_scale: float = 1.0  # 1 where the step adds noise, 0 for the step into x_0 (zero posterior variance)
+
+
+class _GatheredCoefficients:
+    """The same names as `_StepCoefficients`, for per-sample timesteps `t` [B] of the full training chain: each
+    table's entries gathered on first use, shaped [B, 1, ...] to broadcast against `like`."""
+
+    def __init__(self, scheduler: "DDPMExtScheduler", t: torch.Tensor, like: torch.Tensor):
+        self._scheduler, self._t, self._like = scheduler, t, like
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        if name.startswith("_") or name not in _StepCoefficients._fields[2:-1]:
+            raise AttributeError(name)
+        value = self._scheduler._gather(name, self._t, self._like)
+        setattr(self, name, value)
+        return value
 
 
 # the float fields of _StepCoefficients, in the column order of the per-timestep table kept on the sample's device
@@ -77,7 +96,11 @@ def _cosine_alpha_bar(t: np.ndarray, s: float = 0.008) -> np.ndarray:
 
 
 def _laplace_alpha_bar(t: np.ndarray) -> np.ndarray:
-    lmb = -0.5 * np.sign(0.5 - t) * np.log(1 - 2 * np.abs(0.5 - t) + 1e-6)
+    # Hang et al. 2024 ("Improved Noise Schedule for Diffusion Training", arXiv:2407.03297): the log-SNR is
+    # λ(t) = -F⁻¹(t) for F the Laplace(μ = 0, b = 0.5) distribution, so training time concentrates around SNR = 1.
+    # The value returned is √(SNR / (1 + SNR)), as diffusers' `betas_for_alpha_bar(..., "laplace")` defines it (and
+    # DDPMScheduler uses it); copysign as there: at t = 0.5 the sign is +1 (np.sign would give 0).
+    lmb = -0.5 * np.copysign(1.0, 0.5 - t) * np.log(1 - 2 * np.abs(0.5 - t) + 1e-6)
     snr = np.exp(lmb)
     return np.sqrt(snr / (1 + snr))
 
@@ -207,6 +230,7 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
             "log_one_minus_alphas_cumprod": np.log(np.maximum(1.0 - alphas_cumprod, 1e-300)),
             "sqrt_recip_alphas_cumprod": sqrt_recip_alphas_cumprod,
             "sqrt_recipm1_alphas_cumprod": sqrt_recipm1_alphas_cumprod,
+            "sqrt_alphas_cumprod_prev": np.sqrt(alphas_cumprod_prev),
             "posterior_variance": posterior_variance,
             "posterior_log_variance_clipped": posterior_log_variance_clipped,
             # DDPM eq. 7: μ̃_t = coef1 · x_0 + coef2 · x_t
@@ -255,34 +279,44 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
             alpha = a_t / a_prev
             beta = 1.0 - alpha  # β of the respaced chain (IDDPM §4)
             if a_t < 1.0:
-                var_small = (1.0 - a_prev) / (1.0 - a_t) * beta
-                coef_x0 = math.sqrt(a_prev) * beta / (1.0 - a_t)
-                coef_xt = math.sqrt(alpha) * (1.0 - a_prev) / (1.0 - a_t)
+                # DDPM eq. 7: β̃_t and the posterior mean's coefficients of x_0 and x_t
+                posterior_variance = (1.0 - a_prev) / (1.0 - a_t) * beta
+                coef1 = math.sqrt(a_prev) * beta / (1.0 - a_t)
+                coef2 = math.sqrt(alpha) * (1.0 - a_prev) / (1.0 - a_t)
             else:  # degenerate ᾱ_t = 1 (β = 0): the step is the identity
-                var_small, coef_x0, coef_xt = 0.0, 0.0, 1.0
+                posterior_variance, coef1, coef2 = 0.0, 0.0, 1.0
+            log_posterior_variance = _log(posterior_variance)
             table[t] = _StepCoefficients(
                 index=i,
                 prev_t=prev_t,
-                sqrt_alpha_prod=math.sqrt(a_t),
-                sqrt_one_minus_alpha_prod=math.sqrt(1.0 - a_t),
-                sqrt_recip_alpha_prod=math.inf if a_t == 0.0 else 1.0 / math.sqrt(a_t),
-                sqrt_recipm1_alpha_prod=math.inf if a_t == 0.0 else math.sqrt(1.0 / a_t - 1.0),
-                sqrt_alpha_prod_prev=math.sqrt(a_prev),
-                coef_x0=coef_x0,
-                coef_xt=coef_xt,
-                std_small=math.sqrt(var_small),
-                std_large=math.sqrt(beta),
-                log_var_small=math.log(var_small) if var_small > 0 else -math.inf,
-                log_beta=math.log(beta) if beta > 0 else -math.inf,
+                sqrt_alphas_cumprod=math.sqrt(a_t),
+                sqrt_one_minus_alphas_cumprod=math.sqrt(1.0 - a_t),
+                sqrt_recip_alphas_cumprod=math.inf if a_t == 0.0 else 1.0 / math.sqrt(a_t),
+                sqrt_recipm1_alphas_cumprod=math.inf if a_t == 0.0 else math.sqrt(1.0 / a_t - 1.0),
+                sqrt_alphas_cumprod_prev=math.sqrt(a_prev),
+                posterior_mean_coef1=coef1,
+                posterior_mean_coef2=coef2,
+                posterior_variance=posterior_variance,
+                posterior_log_variance_clipped=log_posterior_variance,
+                log_betas=_log(beta),
+                large_log_variance=_log(beta),
             )
+        last = timesteps[-1] if timesteps else None
+        if last is not None and table[last].prev_t < 0:
+            # β̃ is 0 at the step into x_0: its log is clipped to the step before it (a one-step chain: log β), as
+            # the full-chain tables do (IDDPM). The step adds no noise, so these only keep the tables' meaning.
+            before = table[timesteps[-2]] if len(timesteps) > 1 else None
+            before = before.posterior_log_variance_clipped if before is not None else table[last].log_betas
+            table[last] = table[last]._replace(posterior_log_variance_clipped=before, large_log_variance=before)
         self._steps = table
         self._timestep_list = list(timesteps)
         # The same coefficients as a dense [T, fields] table indexed by the training timestep, gathered with a timestep
         # tensor on its device (no host sync). Timesteps off the chain are NaN rows: a NaN result, never another
-        # step's coefficients. The -inf logs of the step into x_0 are 0 there (that step's noise_scale is 0).
+        # step's coefficients. A -inf log (a degenerate β = 0) is -1e30 there, whose exp is still 0 but whose
+        # product with 0 is not NaN.
         dense = np.full((len(self._tables64["betas"]), len(_TABLE_FIELDS)), np.nan)
         for t, c in table.items():
-            dense[t] = [0.0 if math.isinf(v) and v < 0 else v for v in c[2:]]
+            dense[t] = [-1e30 if math.isinf(v) and v < 0 else v for v in c[2:]]
             if c.prev_t < 0:
                 dense[t, _TABLE_FIELDS.index("noise_scale")] = 0.0
         self._tables64["step_coefficients"] = dense
@@ -415,7 +449,9 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
-    def _coefficients(self, timestep: Union[int, torch.Tensor], like: torch.Tensor) -> Tuple[Optional[int], _StepCoefficients]:
+    def _coefficients(
+        self, timestep: Union[int, torch.Tensor], like: torch.Tensor
+    ) -> Tuple[Optional[int], _StepCoefficients]:
         """
         The coefficients of the step from `timestep`. A Python int or a CPU tensor gives Python floats and its int
         value; a tensor on an accelerator gives 0-d tensors gathered on `like`'s device from the per-timestep table
@@ -459,14 +495,34 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         )
 
     def _predict_x0(self, model_output: torch.Tensor, sample: torch.Tensor, c: _StepCoefficients) -> torch.Tensor:
+        """x̂_0 from the model's output at x_t (before clipping), for `step` and `p_mean_variance` alike; `c` holds
+        Python floats, 0-d tensors or per-sample [B, 1, ...] tensors. A fresh tensor unless prediction_type is
+        "sample", where it is the model's own output."""
         prediction_type = self.config.prediction_type
         if prediction_type == "epsilon":
             # DDPM eq. 15 solved for x_0: x̂_0 = x_t/√ᾱ_t - √(1/ᾱ_t - 1) ε_θ
-            return _axpy(torch.mul(sample, c.sqrt_recip_alpha_prod), model_output, c.sqrt_recipm1_alpha_prod, -1.0)
+            return _axpy(
+                torch.mul(sample, c.sqrt_recip_alphas_cumprod), model_output, c.sqrt_recipm1_alphas_cumprod, -1.0
+            )
         if prediction_type == "sample":
             return model_output
-        # v = √ᾱ ε - √(1-ᾱ) x_0  ⇒  x̂_0 = √ᾱ x_t - √(1-ᾱ) v
-        return _axpy(torch.mul(sample, c.sqrt_alpha_prod), model_output, c.sqrt_one_minus_alpha_prod, -1.0)
+        # Salimans & Ho 2022: v = √ᾱ ε - √(1-ᾱ) x_0  ⇒  x̂_0 = √ᾱ x_t - √(1-ᾱ) v
+        return _axpy(torch.mul(sample, c.sqrt_alphas_cumprod), model_output, c.sqrt_one_minus_alphas_cumprod, -1.0)
+
+    def _log_variance(
+        self, c: _StepCoefficients, predicted_variance: Optional[torch.Tensor]
+    ) -> Union[float, torch.Tensor]:
+        """log Σ_θ of the reverse step for the configured variance_type, for `step` and `p_mean_variance` alike."""
+        variance_type = self.config.variance_type
+        if variance_type == "learned":
+            return predicted_variance  # the network outputs log Σ
+        if variance_type == "learned_range":
+            # IDDPM eq. 15: log Σ = v log β_t + (1 - v) log β̃_t, with v = (output + 1)/2 in [0, 1]
+            frac = (predicted_variance + 1.0) * 0.5
+            return frac * c.log_betas + (1.0 - frac) * c.posterior_log_variance_clipped
+        if variance_type in ("fixed_large", "fixed_large_log"):
+            return c.large_log_variance  # DDPM §3.2: σ² = β_t
+        return c.posterior_log_variance_clipped  # DDPM §3.2: σ² = β̃_t
 
     def _process_x0(self, pred_original_sample: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if self.config.thresholding:
@@ -516,40 +572,34 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         """
         if eta is not None:
             _check_eta(eta)
+        # 1. the step's coefficients (ᾱ_t, ᾱ_prev, β_t of the possibly respaced chain), from the float64 tables
         t, c = self._coefficients(timestep, sample)
         model_output, predicted_variance = self._split_model_output(model_output, sample, eta)
-        # x̂_0 is a fresh tensor except for prediction_type "sample", where it is the model's own output
+
+        # 2. the predicted x_0 from the model's output ("predicted x_0" of DDPM eq. 15)
+        # 3. clip or threshold it; in place, except for prediction_type "sample" (x̂_0 is then the model's output)
         fresh = self.config.prediction_type != "sample"
         pred_original_sample = self._process_x0(self._predict_x0(model_output, sample, c), inplace=fresh)
 
-        if eta is None:
-            # DDPM eq. 7: μ̃_t(x_t, x̂_0)
-            prev_sample = _axpy(torch.mul(sample, c.coef_xt), pred_original_sample, c.coef_x0)
-            # t > 0: the same draws as DDPMScheduler, so seeded runs match it. A device timestep cannot be read
-            # without a host sync: then noise is drawn at every step and the table's noise_scale is 0 where no
-            # noise is added (one extra draw, at t = 0, the last step of a chain).
+        if eta is not None:  # a DDIM step instead (Song et al. 2021, eq. 12)
+            prev_sample = self._ddim_step(model_output, sample, pred_original_sample, c, t, float(eta), generator)
+        else:
+            # 4. the predicted previous sample, the posterior mean (DDPM eq. 7): μ̃_t = coef1 · x̂_0 + coef2 · x_t
+            coef1, coef2 = c.posterior_mean_coef1, c.posterior_mean_coef2
+            prev_sample = _axpy(torch.mul(sample, coef2), pred_original_sample, coef1)
+            # 5. add noise: x_{t-1} = μ̃_t + σ_t z with σ_t² = Σ_θ (DDPM Algorithm 2). For t > 0 the same draws as
+            # DDPMScheduler, so seeded runs match it. The step into x_0 has zero posterior variance and adds none. A
+            # device timestep cannot be read without a host sync: then noise is drawn at every step and scaled by
+            # the table's noise_scale, 0 at the step into x_0 (one extra draw, at t = 0, the last step of a chain).
             if t is None or t > 0:
                 noise = self._draw_noise(model_output, generator)
-                if t is None or c.prev_t >= 0:  # the step into x_0 has zero posterior variance: it adds no noise
-                    variance_type = self.config.variance_type
-                    if variance_type == "learned":
-                        std = torch.exp(0.5 * predicted_variance)
-                    elif variance_type == "learned_range":
-                        # IDDPM eq. 15: log Σ = v log β_t + (1 - v) log β̃_t with v = (out + 1)/2
-                        frac = (predicted_variance + 1.0) * 0.5
-                        std = torch.exp(0.5 * (frac * c.log_beta + (1.0 - frac) * c.log_var_small))
-                    elif variance_type in ("fixed_large", "fixed_large_log"):
-                        std = c.std_large
+                if t is None or c.prev_t >= 0:
+                    log_variance = self._log_variance(c, predicted_variance)
+                    if isinstance(log_variance, torch.Tensor):
+                        std = torch.exp(0.5 * log_variance)
+                        prev_sample.addcmul_(std * c.noise_scale if t is None else std, noise)
                     else:
-                        std = c.std_small
-                    if t is None:
-                        std = std * c.noise_scale
-                    if isinstance(std, torch.Tensor):
-                        prev_sample.addcmul_(std, noise)
-                    else:
-                        prev_sample.add_(noise, alpha=std)
-        else:
-            prev_sample = self._ddim_step(model_output, sample, pred_original_sample, c, t, float(eta), generator)
+                        prev_sample.add_(noise, alpha=math.exp(0.5 * log_variance))
 
         if not return_dict:
             return prev_sample, pred_original_sample
@@ -572,16 +622,16 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
             pred_epsilon = model_output
         else:
             # ε̂ consistent with the (clipped) x̂_0, so that η = 1 reproduces the posterior mean exactly
-            pred_epsilon = _axpy(sample.clone(), pred_original_sample, c.sqrt_alpha_prod, -1.0)
-            pred_epsilon.div_(c.sqrt_one_minus_alpha_prod)
+            pred_epsilon = _axpy(sample.clone(), pred_original_sample, c.sqrt_alphas_cumprod, -1.0)
+            pred_epsilon.div_(c.sqrt_one_minus_alphas_cumprod)
         # Song et al. 2021 eq. 16: σ_t(η) = η √((1-ᾱ_{t-1})/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_{t-1}) = η √β̃_t
-        sigma = eta * c.std_small
+        sigma = eta * _sqrt(c.posterior_variance)
         if isinstance(sigma, torch.Tensor):
-            direction = (1.0 - c.sqrt_alpha_prod_prev**2 - sigma**2).clamp(min=0.0).sqrt()
+            direction = (1.0 - c.sqrt_alphas_cumprod_prev**2 - sigma**2).clamp(min=0.0).sqrt()
         else:
-            direction = math.sqrt(max(1.0 - c.sqrt_alpha_prod_prev**2 - sigma**2, 0.0))
+            direction = math.sqrt(max(1.0 - c.sqrt_alphas_cumprod_prev**2 - sigma**2, 0.0))
         # Song et al. 2021 eq. 12
-        prev_sample = _axpy(torch.mul(pred_original_sample, c.sqrt_alpha_prod_prev), pred_epsilon, direction)
+        prev_sample = _axpy(torch.mul(pred_original_sample, c.sqrt_alphas_cumprod_prev), pred_epsilon, direction)
         if eta > 0 and (t is None or t > 0):  # σ is 0 at the step into x_0, so a device timestep may draw there
             noise = self._draw_noise(model_output, generator)
             if isinstance(sigma, torch.Tensor):
@@ -702,34 +752,12 @@ class DDPMExtScheduler(SchedulerMixin, ConfigMixin):
         dtype = _compute_dtype(x_t.dtype)
         x_t = x_t.to(dtype)
         model_output = model_output.to(dtype)
-        variance_type = self.config.variance_type
-        if variance_type == "learned":
-            log_variance = predicted_variance.to(dtype)
-        elif variance_type == "learned_range":
-            frac = (predicted_variance.to(dtype) + 1.0) / 2.0
-            # IDDPM eq. 15
-            log_variance = frac * self._gather("log_betas", t, x_t) + (1.0 - frac) * self._gather(
-                "posterior_log_variance_clipped", t, x_t
-            )
-        elif variance_type in ("fixed_large", "fixed_large_log"):
-            log_variance = self._gather("large_log_variance", t, x_t).expand_as(x_t)
-        else:
-            log_variance = self._gather("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
+        c = _GatheredCoefficients(self, t, x_t)
+        if predicted_variance is not None:
+            predicted_variance = predicted_variance.to(dtype)
+        log_variance = self._log_variance(c, predicted_variance).expand_as(x_t)
         variance = torch.exp(log_variance)
-
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":
-            pred_original_sample = (
-                self._gather("sqrt_recip_alphas_cumprod", t, x_t) * x_t
-                - self._gather("sqrt_recipm1_alphas_cumprod", t, x_t) * model_output
-            )
-        elif prediction_type == "sample":
-            pred_original_sample = model_output
-        else:
-            pred_original_sample = (
-                self._gather("sqrt_alphas_cumprod", t, x_t) * x_t
-                - self._gather("sqrt_one_minus_alphas_cumprod", t, x_t) * model_output
-            )
+        pred_original_sample = self._predict_x0(model_output, x_t, c)
         if clip_denoised is None:
             pred_original_sample = self._process_x0(pred_original_sample)
         elif clip_denoised:
@@ -834,6 +862,14 @@ def _axpy(x: torch.Tensor, y: torch.Tensor, a: Union[float, torch.Tensor], sign:
     return x.add_(y, alpha=sign * a)
 
 
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+def _sqrt(x: Union[float, torch.Tensor]) -> Union[float, torch.Tensor]:
+    return x.sqrt() if isinstance(x, torch.Tensor) else math.sqrt(x)
+
+
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(1, x.ndim)))
 
@@ -854,7 +890,9 @@ def _integral_timestep(t) -> int:
     if isinstance(t, torch.Tensor) and t.numel() == 1 or isinstance(t, (np.ndarray, np.generic)) and np.size(t) == 1:
         value = t.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-        raise ValueError(f"custom timesteps must be integers, got {t!r}; allowed: integers in [0, num_train_timesteps)")
+        raise ValueError(
+            f"custom timesteps must be integers, got {t!r}; allowed: integers in [0, num_train_timesteps)"
+        )
     return int(value)
 
 
@@ -875,7 +913,9 @@ def _make_betas(
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float64)
         if betas.ndim != 1:
-            raise ValueError(f"trained_betas has shape {betas.shape}; allowed: a 1-D list of {T} betas, one per timestep")
+            raise ValueError(
+                f"trained_betas has shape {betas.shape}; allowed: a 1-D list of {T} betas, one per timestep"
+            )
         if betas.shape[0] != T:
             raise ValueError(
                 f"trained_betas has {betas.shape[0]} values but num_train_timesteps={T}; they must be equal"
@@ -907,5 +947,7 @@ def _make_betas(
     bad = np.flatnonzero(~((betas > 0.0) & (betas < 1.0)))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{source} gives beta[{i}]={float(betas[i])!r}; every beta must lie in the open interval (0, 1)")
+        raise ValueError(
+            f"{source} gives beta[{i}]={float(betas[i])!r}; every beta must lie in the open interval (0, 1)"
+        )
     return betas

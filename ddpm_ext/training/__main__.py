@@ -8,11 +8,13 @@ the disk filled up: nothing was saved from that point on, earlier checkpoints an
 """
 
 import logging
+import os
 import sys
 from typing import List, Optional
 
 from .checkpoints import DiskFullError, TrainingDivergedError, write_status
 from .config import TrainingConfig, build_arg_parser
+from .launch import cpu_threads_for_one_process, unconnected_copies_error
 from .loop import DDPMTrainer
 
 
@@ -28,6 +30,21 @@ def _main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
         parser.prog = prog
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    refused = unconnected_copies_error()
+    if refused is not None:
+        if os.environ.get("RANK", "0") == "0":  # one line for the run, not one per copy
+            print(f"{parser.prog}: error: {refused}", file=sys.stderr)
+        return 2
+    threads = cpu_threads_for_one_process()
+    if threads is not None:
+        import torch
+
+        if torch.get_num_threads() < threads:
+            logging.getLogger(__name__).info(
+                "one training process on the CPU: using %d threads (accelerate set OMP_NUM_THREADS=1; was %d)",
+                threads, torch.get_num_threads(),
+            )
+            torch.set_num_threads(threads)
     try:
         trainer = DDPMTrainer(TrainingConfig.from_args(args)).setup()
     except ValueError as err:

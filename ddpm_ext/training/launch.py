@@ -67,19 +67,38 @@ def unconnected_copies_error(environ=os.environ) -> Optional[str]:
     )
 
 
-def cpu_threads_for_one_process(environ=os.environ) -> Optional[int]:
+def _launcher_chose_threads(launcher_pid: int) -> Optional[bool]:
+    """Whether the launcher process (`accelerate launch`, our parent) was given a thread count: OMP_NUM_THREADS in its
+    own environment or --num_cpu_threads_per_process on its command line. None where /proc cannot tell (not Linux)."""
+    try:
+        with open(f"/proc/{launcher_pid}/environ", "rb") as fh:
+            environ = fh.read().split(b"\0")
+        with open(f"/proc/{launcher_pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return None
+    flag = b"--num_cpu_threads_per_process"
+    return any(e.startswith(b"OMP_NUM_THREADS=") for e in environ) or any(
+        a == flag or a.startswith(flag + b"=") for a in argv
+    )
+
+
+def cpu_threads_for_one_process(environ=os.environ, launcher_pid: Optional[int] = None) -> Optional[int]:
     """The thread count a lone CPU training process started by `accelerate launch` should use, or None to leave it.
 
-    accelerate sets OMP_NUM_THREADS=1 for a single CPU process (unless --num_cpu_threads_per_process or the caller's
-    OMP_NUM_THREADS say otherwise), which makes training about 1.8x slower on a multi-core machine. Decision: when this
-    process was started by accelerate (its ACCELERATE_* launch variables are set), is the only process
-    (WORLD_SIZE unset or 1), runs on the CPU and OMP_NUM_THREADS is exactly 1, use every CPU this process may run on
-    (its affinity set). Any other OMP_NUM_THREADS value, a plain `python -m ddpm_ext.training` run and multi-process
-    runs are left as they are (accelerate divides the cores between processes there).
+    accelerate sets OMP_NUM_THREADS=1 for a single CPU process unless it is told otherwise, which makes training
+    about 1.8x slower on a multi-core machine. Decision: when this process was started by accelerate (its
+    ACCELERATE_* launch variables are set), is the only process (WORLD_SIZE unset or 1), runs on the CPU, and
+    OMP_NUM_THREADS=1 came from accelerate's default (the launcher itself had no OMP_NUM_THREADS and no
+    --num_cpu_threads_per_process; read from /proc, and where that cannot be read, assumed), use every CPU this
+    process may run on (its affinity set). A thread count the user gave, a plain `python -m ddpm_ext.training` run
+    and multi-process runs (accelerate divides the cores between processes there) are left as they are.
     """
     if environ.get("OMP_NUM_THREADS") != "1" or "ACCELERATE_DYNAMO_BACKEND" not in environ:
         return None
     if environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        return None
+    if _launcher_chose_threads(os.getppid() if launcher_pid is None else launcher_pid):
         return None
     if not _truthy(environ.get("ACCELERATE_USE_CPU")) and _has_gpu():
         return None

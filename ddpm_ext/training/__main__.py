@@ -15,7 +15,6 @@ from typing import List, Optional
 from .checkpoints import DiskFullError, TrainingDivergedError, write_status
 from .config import TrainingConfig, build_arg_parser
 from .launch import cpu_threads_for_one_process, unconnected_copies_error
-from .loop import DDPMTrainer
 
 
 def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
@@ -45,6 +44,8 @@ def _main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
                 threads, torch.get_num_threads(),
             )
             torch.set_num_threads(threads)
+    from .loop import DDPMTrainer  # here, so that --help and flag errors need no torch
+
     try:
         trainer = DDPMTrainer(TrainingConfig.from_args(args)).setup()
     except ValueError as err:

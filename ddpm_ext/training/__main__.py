@@ -44,10 +44,15 @@ def _main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
                 threads, torch.get_num_threads(),
             )
             torch.set_num_threads(threads)
-    from .loop import DDPMTrainer  # here, so that --help and flag errors need no torch
+    try:  # the cheap checks first, so that a bad flag needs no torch; DDPMTrainer checks everything again
+        config = TrainingConfig.from_args(args).validate(check_owners=False)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    from .loop import DDPMTrainer
 
     try:
-        trainer = DDPMTrainer(TrainingConfig.from_args(args)).setup()
+        trainer = DDPMTrainer(config).setup()
     except ValueError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -153,7 +153,8 @@ def _check_image_path(flag: str, path: str) -> None:
     Image.init()
     writable = sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
-        raise ValueError(f"{flag} {path!r} is a folder; give an image file name such as {os.path.join(path, 'grid.png')}")
+        example = os.path.join(path, "grid.png")
+        raise ValueError(f"{flag} {path!r} is a folder; give an image file name such as {example}")
     if os.path.splitext(path)[1].lower() not in writable:
         raise ValueError(
             f"{flag} {path!r} has no image extension; allowed: {', '.join(e for e in writable if e in _COMMON_EXT)}"

@@ -69,11 +69,11 @@ def test_the_parser_is_generated_from_the_definitions():
     parser = build_arg_parser()
     defaults = vars(parser.parse_args([]))
     assert {k: v for k, v in defaults.items() if k in FIELDS} == dataclasses.asdict(TrainingConfig())
-    args = parser.parse_args(["--channels", "3", "--snr_gamma", "none", "--max_train_steps", "7", "--no-use_fused_adam",
-                              "--learning_rate", "2e-3"])
+    args = parser.parse_args(["--channels", "3", "--snr_gamma", "none", "--max_train_steps", "7",
+                              "--no-use_fused_adam", "--learning_rate", "2e-3"])
     config = TrainingConfig.from_args(args)
-    assert (config.channels, config.snr_gamma, config.max_train_steps, config.use_fused_adam, config.learning_rate) == (
-        3, None, 7, False, 2e-3)
+    got = (config.channels, config.snr_gamma, config.max_train_steps, config.use_fused_adam, config.learning_rate)
+    assert got == (3, None, 7, False, 2e-3)
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(["--loss_type", "mse"])
     assert exc.value.code == 2
@@ -140,7 +140,7 @@ def _no_gpu():
 @pytest.mark.skipif(not _no_gpu(), reason="the refusal is for machines without GPUs")
 @pytest.mark.parametrize("args", [["--multi_gpu", "--num_processes", "4"], ["--num_processes=2"], ["--multi_gpu"]])
 def test_several_processes_without_gpus_are_refused_unless_asked_for_on_the_cpu(args):
-    with pytest.raises(ValueError, match="has no GPU: accelerate would start unconnected copies.*ACCELERATE_USE_CPU=1"):
+    with pytest.raises(ValueError, match="has no GPU: accelerate would start unconnected copies.*ACCELERATE_USE_CPU"):
         launch.check_launcher_args(args, environ={})
     launch.check_launcher_args(args, environ={"ACCELERATE_USE_CPU": "1"})
     launch.check_launcher_args(["--num_processes", "1"], environ={})

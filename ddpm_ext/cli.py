@@ -96,6 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if extra and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        _check_paths(args)
         return {
             "demo": _demo,
             "train": _train,
@@ -119,6 +120,49 @@ def _device(name: Optional[str]):
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _is_repo_id(text: str) -> bool:
+    """`namespace/name` as the Hub spells repo ids (no leading `.`, `~` or `/`, exactly one `/`)."""
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None and not text.endswith((".", "/"))
+
+
+def _check_local_or_repo(flag: str, value: str) -> None:
+    """A value that is not an existing path goes to the Hub only when it looks like `namespace/name`; anything else
+    (`does-not-exist`, `./nope`, `/tmp/x/y/z`) is a mistyped local path: say so, without a network round trip."""
+    if os.path.exists(value) or _is_repo_id(value):
+        return
+    raise ValueError(
+        f"{flag} {value!r}: no such folder (a local path) and not a Hub repo id of the form namespace/name"
+    )
+
+
+def _check_paths(args) -> None:
+    if getattr(args, "model", None) is not None:
+        _check_local_or_repo("--model", args.model)
+    if getattr(args, "real", None) is not None:
+        _check_local_or_repo("--real", args.real)
+
+
+def _check_image_path(flag: str, path: str) -> None:
+    """An output image path: not a folder, with an extension PIL can write (checked before any sampling)."""
+    from PIL import Image
+
+    Image.init()
+    writable = sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        example = os.path.join(path, "grid.png")
+        raise ValueError(f"{flag} {path!r} is a folder; give an image file name such as {example}")
+    if os.path.splitext(path)[1].lower() not in writable:
+        raise ValueError(
+            f"{flag} {path!r} has no image extension; allowed: {', '.join(e for e in writable if e in _COMMON_EXT)}"
+            " (or another PIL can write)"
+        )
+
+
+_COMMON_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def _from_pretrained(model: str):
@@ -171,6 +215,7 @@ def _sample(args, extra) -> int:
 
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
+    _check_image_path("--out", args.out)
     pipe = _load(args.model, _device(args.device))
     pipe.set_progress_bar_config(desc=f"sampling {args.num} images, {args.steps} steps")
     images = sample_images(pipe, args.num, args.steps, batch_size=min(args.num, 64), seed=args.seed, eta=args.eta)
@@ -232,16 +277,30 @@ def _evaluate(args, extra) -> int:
 
 
 def _train(args, extra) -> int:
-    if args.help_training:
-        from .training import build_arg_parser
+    from .training.config import TrainingConfig, build_arg_parser
 
-        build_arg_parser().print_help()
+    if args.help_training:
+        parser = build_arg_parser()
+        parser.prog = "ddpm-ext train"
+        parser.print_help()
         return 0
     if args.no_launch:
         from .training.__main__ import main as train_main
 
         return train_main(extra)
-    command = [sys.executable, "-m", "accelerate.commands.launch", *shlex.split(args.launcher_args), "-m", "ddpm_ext.training", *extra]
+    # the flags are checked here, before any process starts, as `--no-launch` checks them (argparse errors exit 2);
+    # the owners of the vocabularies (torch modules) are consulted in the training process itself
+    parser = build_arg_parser()
+    try:
+        TrainingConfig.from_args(parser.parse_args(extra)).validate(check_owners=False)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    from .training.launch import check_launcher_args
+
+    launcher_args = shlex.split(args.launcher_args)
+    check_launcher_args(launcher_args)
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "-m", "ddpm_ext.training", *extra]
     print("running:", " ".join(shlex.quote(c) for c in command), flush=True)
     return _run_launcher(command)
 

@@ -108,3 +108,112 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert 'DiffusionPipeline.from_pretrained("' in printed and "demo_samples.png" in printed
     assert DDPMExtPipeline.from_pretrained(out).unet.config.sample_size == 8
+
+
+# ----------------------------------------------------------------------------- errors at the edges (issue 18, 4)
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY_TRAIN = ["--ddpm_num_steps", "10", "--ddpm_num_inference_steps", "2", "--lr_warmup_steps", "0", "--logger", "none",
+              "--train_batch_size", "4", "--eval_batch_size", "2", "--resolution", "8", "--max_train_steps", "1"]
+
+
+def _cli_env(**extra):
+    import os
+
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    for name in ("ACCELERATE_USE_CPU", "OMP_NUM_THREADS", "ACCELERATE_MIXED_PRECISION"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--resolution", "0"], "resolution=0 is not allowed; expected an integer >= 1"),
+    (["--variance_type", "learned_range"], "variance_type='learned_range' needs loss_type 'hybrid' or 'vlb'"),
+    (["--loss_type", "mse"], "argument --loss_type: invalid choice: 'mse'"),
+])
+def test_a_bad_flag_through_the_default_launcher_is_one_line_and_exit_2(tmp_path, flags, message):
+    out = tmp_path / "run"
+    proc = subprocess.run(["ddpm-ext", "train", "--output_dir", str(out), *flags], env=_cli_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert message in line
+    assert "Traceback" not in proc.stderr and "CalledProcessError" not in proc.stderr
+    assert "running:" not in proc.stdout  # refused before any process started
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["sample", "--model", "does-not-exist"], "--model 'does-not-exist': no such folder"),
+    (["evaluate", "--model", "MODEL", "--real", "./nope"], "--real './nope': no such folder"),
+    (["evaluate", "--model", "/no/such/folder", "--real", "MODEL"], "--model '/no/such/folder': no such folder"),
+    (["sample", "--model", "MODEL", "--out", "MODEL_PARENT"], "is a folder; give an image file name"),
+    (["sample", "--model", "MODEL", "--out", "MODEL_PARENT/grid"], "has no image extension; allowed: .bmp"),
+    (["sample", "--model", "MODEL", "--out", "MODEL_PARENT/grid.txt"], "has no image extension"),
+])
+def test_mistyped_paths_and_outputs_fail_at_once_with_what_is_wrong(model_dir, argv, message, capsys, monkeypatch):
+    from ddpm_ext import cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a bad path must be refused before any model is loaded or sampled")
+
+    monkeypatch.setattr(cli, "_from_pretrained", no_loading)
+    argv = [a.replace("MODEL_PARENT", str(model_dir.parent)).replace("MODEL", str(model_dir)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ddpm-ext: error:") and "\n" not in err and message in err, err
+
+
+def test_only_namespace_name_goes_to_the_hub():
+    from ddpm_ext.cli import _is_repo_id
+
+    assert _is_repo_id("google/ddpm-cifar10-32") and _is_repo_id("tester/x.y_z")
+    for text in ("does-not-exist", "./nope", "../a/b", "/abs/x", "a/b/c", "~/x", "a/", "/x", "a b/c"):
+        assert not _is_repo_id(text), text
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the refusal is for machines without GPUs")
+def test_several_processes_on_a_machine_without_gpus_are_refused_by_both_launchers(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(["ddpm-ext", "train", "--launcher-args", "--multi_gpu --num_processes 4",
+                           "--output_dir", str(out), *TINY_TRAIN], env=_cli_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert "'--multi_gpu --num_processes 4' asks for several processes, but this machine has no GPU" in line
+    assert "ACCELERATE_USE_CPU=1" in line and "running:" not in proc.stdout
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "ddpm_ext.training", "--output_dir", str(out), *TINY_TRAIN]
+    proc = subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if "error: the launcher started 2 processes" in line]
+    assert len(lines) == 1, proc.stderr[-3000:]  # one line for the run, from rank 0
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("launcher", ["accelerate launch", "ddpm-ext train"])
+def test_one_cpu_process_trains_at_the_machines_thread_count_through_each_launcher(tmp_path, launcher):
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    if cpus < 2:
+        pytest.skip("one CPU: nothing to raise")
+    out = tmp_path / "run"
+    flags = ["--output_dir", str(out), *TINY_TRAIN]
+    cmd = {
+        "accelerate launch": [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                              "-m", "ddpm_ext.training", *flags],
+        "ddpm-ext train": ["ddpm-ext", "train", *flags],
+    }[launcher]
+    proc = subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"one training process on the CPU: using {cpus} threads (accelerate set OMP_NUM_THREADS=1; was 1)" in (
+        proc.stderr)
+    # a thread count the user gave is kept
+    proc = subprocess.run(cmd + ["--overwrite_output_dir"], env=_cli_env(OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "one training process on the CPU: using" not in proc.stderr

@@ -8,12 +8,13 @@ the disk filled up: nothing was saved from that point on, earlier checkpoints an
 """
 
 import logging
+import os
 import sys
 from typing import List, Optional
 
 from .checkpoints import DiskFullError, TrainingDivergedError, write_status
 from .config import TrainingConfig, build_arg_parser
-from .loop import DDPMTrainer
+from .launch import cpu_threads_for_one_process, unconnected_copies_error
 
 
 def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
@@ -28,8 +29,30 @@ def _main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
         parser.prog = prog
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    refused = unconnected_copies_error()
+    if refused is not None:
+        if os.environ.get("RANK", "0") == "0":  # one line for the run, not one per copy
+            print(f"{parser.prog}: error: {refused}", file=sys.stderr)
+        return 2
+    threads = cpu_threads_for_one_process()
+    if threads is not None:
+        import torch
+
+        if torch.get_num_threads() < threads:
+            logging.getLogger(__name__).info(
+                "one training process on the CPU: using %d threads (accelerate set OMP_NUM_THREADS=1; was %d)",
+                threads, torch.get_num_threads(),
+            )
+            torch.set_num_threads(threads)
+    try:  # the cheap checks first, so that a bad flag needs no torch; DDPMTrainer checks everything again
+        config = TrainingConfig.from_args(args).validate(check_owners=False)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    from .loop import DDPMTrainer
+
     try:
-        trainer = DDPMTrainer(TrainingConfig.from_args(args)).setup()
+        trainer = DDPMTrainer(config).setup()
     except ValueError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -9,213 +9,171 @@ import argparse
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Literal, Optional, Tuple, Union, get_args, get_origin
 
-from ..losses import LOSS_TYPES
-from ..resample import SAMPLER_NAMES
+# The vocabularies, as types. Each one is owned elsewhere (the scheduler module, `losses`, `resample`,
+# `diffusers.optimization.SchedulerType`, the UNet presets), but those modules import torch; the copies here keep
+# `--help` and flag errors instant, and `validate()` (in the training process) checks each copy against its owner
+# (`owned_vocabularies()`), as does tests/test_config.py, so they cannot drift.
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
+VarianceType = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"]
+LossType = Literal["simple", "hybrid", "vlb"]
+TimestepSampler = Literal["uniform", "importance"]
+LRScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "piecewise_constant"
+]
+ModelPreset = Literal["tiny", "ddpm-cifar10"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+Logger = Literal["tensorboard", "wandb", "none"]
+Pretensorize = Literal["auto", "always", "never"]
+Channels = Literal[1, 3]
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-LOGGERS = ("tensorboard", "wandb", "none")
-LR_SCHEDULERS = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "piecewise_constant",
-)
-MODEL_PRESETS = ("tiny", "ddpm-cifar10")
-PRETENSORIZE = ("auto", "always", "never")
-CHANNELS = (1, 3)
+PREDICTION_TYPES = get_args(PredictionType)
+VARIANCE_TYPES = get_args(VarianceType)
+BETA_SCHEDULES = get_args(BetaSchedule)
+LR_SCHEDULERS = get_args(LRScheduler)
+MODEL_PRESETS = get_args(ModelPreset)
+MIXED_PRECISION = get_args(MixedPrecision)
+LOGGERS = get_args(Logger)
+PRETENSORIZE = get_args(Pretensorize)
+CHANNELS = get_args(Channels)
+
+
+def owned_vocabularies() -> Dict[str, Tuple[Any, ...]]:
+    """Each option's allowed values as the module that owns the concept defines them (imports torch/diffusers)."""
+    from diffusers.optimization import SchedulerType
+
+    from ..losses import LOSS_TYPES
+    from ..resample import SAMPLER_NAMES
+    from ..schedulers.scheduling_ddpm_ext import BETA_SCHEDULES as SCHEDULER_BETA_SCHEDULES
+    from ..schedulers.scheduling_ddpm_ext import PREDICTION_TYPES as SCHEDULER_PREDICTION_TYPES
+    from ..schedulers.scheduling_ddpm_ext import VARIANCE_TYPES as SCHEDULER_VARIANCE_TYPES
+    from .models import UNET_PRESETS
+
+    return {
+        "prediction_type": tuple(SCHEDULER_PREDICTION_TYPES),
+        "variance_type": tuple(SCHEDULER_VARIANCE_TYPES),
+        "ddpm_beta_schedule": tuple(SCHEDULER_BETA_SCHEDULES),
+        "loss_type": tuple(LOSS_TYPES),
+        "timestep_sampler": tuple(SAMPLER_NAMES),
+        "lr_scheduler": tuple(s.value for s in SchedulerType),
+        "model_preset": tuple(UNET_PRESETS),
+    }
+
+
+def _opt(default: Any, help: str, *, minimum: Optional[int] = None, hidden: bool = False) -> Any:
+    """One option: its default, its one-line description (the flag's help) and, for integers, the least value."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "hidden": hidden})
 
 
 @dataclass
 class TrainingConfig:
     """
-    Every option of a ddpm-ext training run. Field names are the command-line flags (`--<name>`).
-
-    Args:
-        dataset_name (`str`, *optional*): a `datasets` name (must be cached offline); none and no `train_data_dir`
-            trains on the embedded 8×8 scikit-learn digits.
-        dataset_config_name (`str`, *optional*): the data set's configuration.
-        train_data_dir (`str`, *optional*): a local image folder or parquet file/folder.
-        cache_dir (`str`, *optional*): `datasets` cache folder.
-        image_column (`str`, *optional*): the image column (detected when unset).
-        model_config_name_or_path (`str`, *optional*): a `UNet2DModel` config (folder or json file) instead of a preset.
-        model_preset (`str`, defaults to "tiny"): `tiny` (CPU runs, tests) or `ddpm-cifar10` (DDPM paper, 35.7M).
-        output_dir (`str`, defaults to "ddpm-ext-model"): pipeline, model card, samples, checkpoints and logs.
-        overwrite_output_dir (`bool`, defaults to `False`): start a new run in an `output_dir` that holds another
-            run's checkpoints, deleting them and its `metrics.jsonl` (without it such a run is refused).
-        resolution (`int`, defaults to 8): image height and width.
-        channels (`int`, *optional*): 1 or 3; defaults to 1 for the digits, 3 otherwise.
-        center_crop (`bool`, defaults to `False`): center crop, else random crop (after resizing the shorter side).
-        random_flip (`bool`, defaults to `False`): random horizontal flips.
-        pretensorize (`str`, defaults to "auto"): decode the data set once into a uint8 tensor: `always`, `never`,
-            or `auto` (when it fits in `pretensorize_max_bytes` and there is no random crop).
-        pretensorize_max_bytes (`int`, defaults to 2**30): memory cap for `auto`.
-        train_batch_size (`int`, defaults to 16): images per process per micro-step.
-        eval_batch_size (`int`, defaults to 16): images in a sample grid and per bits/dim batch.
-        dataloader_num_workers (`int`, defaults to 0): workers decoding images when not pretensorized.
-        num_epochs (`int`, defaults to 100): epochs, when `max_train_steps` is unset.
-        max_train_steps (`int`, *optional*): optimizer steps in total; overrides `num_epochs`.
-        gradient_accumulation_steps (`int`, defaults to 1): micro-steps per optimizer step.
-        learning_rate (`float`, defaults to 1e-4), lr_scheduler (`str`, defaults to "cosine"),
-        lr_warmup_steps (`int`, defaults to 500): the optimizer schedule (`diffusers.optimization.get_scheduler`),
-            counted in optimizer steps.
-        adam_beta1 (`float`, defaults to 0.95), adam_beta2 (`float`, defaults to 0.999),
-        adam_weight_decay (`float`, defaults to 1e-6), adam_epsilon (`float`, defaults to 1e-8): AdamW.
-        max_grad_norm (`float`, defaults to 1.0): gradient clipping; 0 disables it.
-        use_ema (`bool`, defaults to `False`): keep an EMA of the weights (diffusers' `EMAModel`, with warm-up);
-            samples, bits/dim and the saved pipeline then use it.
-        ema_inv_gamma (`float`, defaults to 1.0), ema_power (`float`, defaults to 0.75),
-        ema_max_decay (`float`, defaults to 0.9999): the EMA warm-up `1 - (1 + step/inv_gamma)^-power`, capped.
-        prediction_type (`str`, defaults to "epsilon"): `epsilon`, `sample` or `v_prediction`.
-        variance_type (`str`, defaults to "fixed_small"): the scheduler's Σ; `learned`/`learned_range` double the
-            UNet's output channels.
-        loss_type (`str`, defaults to "simple"): `simple`, `hybrid` or `vlb` (`ddpm_ext.losses`).
-        vlb_weight (`float`, defaults to 0.001): λ of the hybrid loss.
-        snr_gamma (`float`, *optional*): min-SNR-γ weighting of the simple loss.
-        timestep_sampler (`str`, defaults to "uniform"): `uniform` or `importance` (IDDPM eq. 18).
-        ddpm_num_steps (`int`, defaults to 1000), ddpm_num_inference_steps (`int`, defaults to 1000),
-        ddpm_beta_schedule (`str`, defaults to "linear"): the diffusion; schedules `linear`, `scaled_linear`,
-            `squaredcos_cap_v2`, `sigmoid`.
-        eval_nll_steps (`int`, defaults to 0): bits/dim of the held-out split every this many steps (0: never).
-        eval_nll_num_images (`int`, defaults to 64): size of the held-out split (taken out of training only when
-            `eval_nll_steps > 0`).
-        eval_nll_timestep_batch_size (`int`, defaults to 8): timesteps per network call in the bits/dim loop.
-        mixed_precision (`str`, *optional*): `no`, `fp16` or `bf16`; unset takes accelerate's config.
-        allow_tf32 (`bool`, defaults to `False`): TF32 matmuls on Ampere+ GPUs.
-        seed (`int`, defaults to 0): initialisation, data order, noise; a fixed seed makes CPU runs reproducible.
-        logger (`str`, defaults to "tensorboard"): `tensorboard`, `wandb` or `none`.
-        logging_dir (`str`, defaults to "logs"): under `output_dir`.
-        logging_steps (`int`, defaults to 10): host syncs for logging happen only every this many steps.
-        checkpointing_steps (`int`, defaults to 500): save a resumable checkpoint every this many steps.
-        checkpoints_total_limit (`int`, *optional*): keep at most this many checkpoints.
-        resume_from_checkpoint (`str`, *optional*): `latest` or a checkpoint folder.
-        save_images_epochs (`int`, defaults to 10), save_model_epochs (`int`, defaults to 10): sample grids and
-            pipeline saves every this many epochs (and always at the end).
-        push_to_hub (`bool`), hub_model_id (`str`), hub_token (`str`), hub_private_repo (`bool`): publish the saved
-            pipeline, model card and sample grid at the end (never checkpoints or logs); the repo id is checked and
-            the repo created before the first step, so a bad id, token or endpoint fails at once.
-        use_fused_adam (`bool`, defaults to `True`): fused (else foreach) AdamW where torch supports it.
-        ema_foreach (`bool`, defaults to `True`): `torch._foreach` EMA updates.
-        channels_last (`bool`, defaults to `False`): channels-last memory format.
-        compile (`bool`, defaults to `False`): `torch.compile` the UNet.
-        log_batch_indices (`bool`, defaults to `False`): debug: each process appends the data indices of every
-            micro-step to `output_dir/debug/batch_indices_rank<r>.jsonl` and saves its final weights to
-            `output_dir/debug/params_rank<r>.pt`.
+    Every option of a ddpm-ext training run. Field names are the command-line flags (`--<name>`); each field's type
+    (with `Literal` choices), default and `metadata["help"]` generate the parser, `--help-training` and the checks
+    in `validate()`. `ddpm-ext train --help-training` lists them.
     """
 
-    dataset_name: Optional[str] = None
-    dataset_config_name: Optional[str] = None
-    train_data_dir: Optional[str] = None
-    cache_dir: Optional[str] = None
-    image_column: Optional[str] = None
-    model_config_name_or_path: Optional[str] = None
-    model_preset: str = "tiny"
-    output_dir: str = "ddpm-ext-model"
-    overwrite_output_dir: bool = False
-    resolution: int = 8
-    channels: Optional[int] = None
-    center_crop: bool = False
-    random_flip: bool = False
-    pretensorize: str = "auto"
-    pretensorize_max_bytes: int = 2**30
-    train_batch_size: int = 16
-    eval_batch_size: int = 16
-    dataloader_num_workers: int = 0
-    num_epochs: int = 100
-    max_train_steps: Optional[int] = None
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "cosine"
-    lr_warmup_steps: int = 500
-    adam_beta1: float = 0.95
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-6
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    use_ema: bool = False
-    ema_inv_gamma: float = 1.0
-    ema_power: float = 3 / 4
-    ema_max_decay: float = 0.9999
-    prediction_type: str = "epsilon"
-    variance_type: str = "fixed_small"
-    loss_type: str = "simple"
-    vlb_weight: float = 0.001
-    snr_gamma: Optional[float] = None
-    timestep_sampler: str = "uniform"
-    ddpm_num_steps: int = 1000
-    ddpm_num_inference_steps: int = 1000
-    ddpm_beta_schedule: str = "linear"
-    eval_nll_steps: int = 0
-    eval_nll_num_images: int = 64
-    eval_nll_timestep_batch_size: int = 8
-    mixed_precision: Optional[str] = None
-    allow_tf32: bool = False
-    seed: int = 0
-    logger: str = "tensorboard"
-    logging_dir: str = "logs"
-    logging_steps: int = 10
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: Optional[int] = None
-    resume_from_checkpoint: Optional[str] = None
-    save_images_epochs: int = 10
-    save_model_epochs: int = 10
-    push_to_hub: bool = False
-    hub_model_id: Optional[str] = None
-    hub_token: Optional[str] = None
-    hub_private_repo: bool = False
-    use_fused_adam: bool = True
-    ema_foreach: bool = True
-    channels_last: bool = False
-    compile: bool = False
-    log_batch_indices: bool = False
+    dataset_name: Optional[str] = _opt(
+        None, "a `datasets` name (cached offline); with neither it nor train_data_dir: the embedded 8x8 digits"
+    )
+    dataset_config_name: Optional[str] = _opt(None, "the data set's configuration")
+    train_data_dir: Optional[str] = _opt(None, "a local image folder or parquet file/folder")
+    cache_dir: Optional[str] = _opt(None, "`datasets` cache folder")
+    image_column: Optional[str] = _opt(None, "the image column (detected when unset)")
+    model_config_name_or_path: Optional[str] = _opt(None, "a UNet2DModel config (folder or json) instead of a preset")
+    model_preset: ModelPreset = _opt("tiny", "tiny (CPU runs, tests) or ddpm-cifar10 (the DDPM paper's UNet, 35.7M)")
+    output_dir: str = _opt("ddpm-ext-model", "pipeline, model card, samples, checkpoints and logs")
+    overwrite_output_dir: bool = _opt(
+        False, "start a new run in an output_dir holding another run's checkpoints (deletes them and metrics.jsonl)"
+    )
+    resolution: int = _opt(8, "image height and width", minimum=1)
+    channels: Optional[Channels] = _opt(None, "image channels; unset: 1 for the digits, 3 otherwise")
+    center_crop: bool = _opt(False, "center crop, else random crop (after resizing the shorter side)")
+    random_flip: bool = _opt(False, "random horizontal flips")
+    pretensorize: Pretensorize = _opt(
+        "auto", "decode the data set once into a uint8 tensor (auto: when it fits and there is no random crop)"
+    )
+    pretensorize_max_bytes: int = _opt(2**30, "memory cap for --pretensorize auto", minimum=1)
+    train_batch_size: int = _opt(16, "images per process per micro-step", minimum=1)
+    eval_batch_size: int = _opt(16, "images in a sample grid and per bits/dim batch", minimum=1)
+    dataloader_num_workers: int = _opt(0, "workers decoding images when not pretensorized", minimum=0)
+    num_epochs: int = _opt(100, "epochs, when max_train_steps is unset", minimum=1)
+    max_train_steps: Optional[int] = _opt(None, "optimizer steps in total; overrides num_epochs", minimum=1)
+    gradient_accumulation_steps: int = _opt(1, "micro-steps per optimizer step", minimum=1)
+    learning_rate: float = _opt(1e-4, "peak AdamW learning rate")
+    lr_scheduler: LRScheduler = _opt("cosine", "learning-rate schedule (diffusers.optimization.get_scheduler)")
+    lr_warmup_steps: int = _opt(500, "warm-up of the learning-rate schedule, in optimizer steps", minimum=0)
+    adam_beta1: float = _opt(0.95, "AdamW beta1, in [0, 1)")
+    adam_beta2: float = _opt(0.999, "AdamW beta2, in [0, 1)")
+    adam_weight_decay: float = _opt(1e-6, "AdamW weight decay")
+    adam_epsilon: float = _opt(1e-8, "AdamW epsilon")
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm; 0 disables it")
+    use_ema: bool = _opt(False, "keep an EMA of the weights (samples, bits/dim and the saved pipeline use it)")
+    ema_inv_gamma: float = _opt(1.0, "EMA warm-up: decay 1 - (1 + step/inv_gamma)^-power")
+    ema_power: float = _opt(3 / 4, "EMA warm-up power")
+    ema_max_decay: float = _opt(0.9999, "EMA decay cap, in (0, 1)")
+    prediction_type: PredictionType = _opt("epsilon", "what the UNet predicts")
+    variance_type: VarianceType = _opt(
+        "fixed_small", "the reverse process variance; learned/learned_range double the UNet's output channels"
+    )
+    loss_type: LossType = _opt("simple", "training loss (ddpm_ext.losses); learned variance needs hybrid or vlb")
+    vlb_weight: float = _opt(0.001, "lambda of the hybrid loss")
+    snr_gamma: Optional[float] = _opt(None, "min-SNR-gamma weighting of the simple loss; none disables it")
+    timestep_sampler: TimestepSampler = _opt("uniform", "timestep sampling: uniform or importance (IDDPM eq. 18)")
+    ddpm_num_steps: int = _opt(1000, "diffusion steps T", minimum=1)
+    ddpm_num_inference_steps: int = _opt(1000, "sampling steps of the sample grids (<= ddpm_num_steps)", minimum=1)
+    ddpm_beta_schedule: BetaSchedule = _opt("linear", "the noise schedule")
+    eval_nll_steps: int = _opt(0, "held-out bits/dim every this many steps (0: never)", minimum=0)
+    eval_nll_num_images: int = _opt(
+        64, "size of the held-out split (taken out of training only when eval_nll_steps > 0)", minimum=1
+    )
+    eval_nll_timestep_batch_size: int = _opt(8, "timesteps per network call in the bits/dim loop", minimum=1)
+    mixed_precision: Optional[MixedPrecision] = _opt(None, "unset takes accelerate's config")
+    allow_tf32: bool = _opt(False, "TF32 matmuls on Ampere+ GPUs")
+    seed: int = _opt(0, "initialisation, data order, noise; a fixed seed makes CPU runs reproducible", minimum=0)
+    logger: Logger = _opt("tensorboard", "experiment tracker")
+    logging_dir: str = _opt("logs", "tracker folder, under output_dir")
+    logging_steps: int = _opt(10, "host syncs for logging happen only every this many steps", minimum=1)
+    checkpointing_steps: int = _opt(500, "save a resumable checkpoint every this many steps", minimum=1)
+    checkpoints_total_limit: Optional[int] = _opt(None, "keep at most this many checkpoints", minimum=1)
+    resume_from_checkpoint: Optional[str] = _opt(None, "latest, or a checkpoint-<step> folder")
+    save_images_epochs: int = _opt(10, "sample grids every this many epochs (and at the end)", minimum=1)
+    save_model_epochs: int = _opt(10, "pipeline saves every this many epochs (and at the end)", minimum=1)
+    push_to_hub: bool = _opt(
+        False, "publish the pipeline, model card and sample grid at the end (repo checked before the first step)"
+    )
+    hub_model_id: Optional[str] = _opt(None, "namespace/name of the Hub repo; unset: output_dir's name")
+    hub_token: Optional[str] = _opt(None, "Hub token; unset: the logged-in one")
+    hub_private_repo: bool = _opt(False, "create the Hub repo private")
+    use_fused_adam: bool = _opt(True, "fused (else foreach) AdamW where torch supports it")
+    ema_foreach: bool = _opt(True, "torch._foreach EMA updates")
+    channels_last: bool = _opt(False, "channels-last memory format")
+    compile: bool = _opt(False, "torch.compile the UNet")
+    # debugging only, not a product flag (hidden from --help-training): each process appends the data indices of
+    # every micro-step to output_dir/debug/batch_indices_rank<r>.jsonl and saves its final weights there
+    log_batch_indices: bool = _opt(False, "debug: record each process's batch indices and final weights", hidden=True)
 
-    def validate(self) -> "TrainingConfig":
-        """Check every option; raise `ValueError` naming the bad value and the allowed ones. Returns `self`."""
-        _choice("model_preset", self.model_preset, MODEL_PRESETS)
-        _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
-        _choice("variance_type", self.variance_type, VARIANCE_TYPES)
-        _choice("loss_type", self.loss_type, LOSS_TYPES)
-        _choice("timestep_sampler", self.timestep_sampler, SAMPLER_NAMES)
-        _choice("ddpm_beta_schedule", self.ddpm_beta_schedule, BETA_SCHEDULES)
-        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
-        _choice("logger", self.logger, LOGGERS)
-        _choice("pretensorize", self.pretensorize, PRETENSORIZE)
-        if self.mixed_precision is not None:
-            _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        if self.channels is not None:
-            _choice("channels", self.channels, CHANNELS)
-        for name in (
-            "resolution",
-            "train_batch_size",
-            "eval_batch_size",
-            "num_epochs",
-            "gradient_accumulation_steps",
-            "ddpm_num_steps",
-            "ddpm_num_inference_steps",
-            "eval_nll_num_images",
-            "eval_nll_timestep_batch_size",
-            "logging_steps",
-            "checkpointing_steps",
-            "save_images_epochs",
-            "save_model_epochs",
-            "pretensorize_max_bytes",
-        ):
-            _positive_int(name, getattr(self, name))
-        for name in ("max_train_steps", "checkpoints_total_limit"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
-        for name in ("dataloader_num_workers", "lr_warmup_steps", "eval_nll_steps", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value!r} is not allowed; expected an integer >= 0")
+    def validate(self, check_owners: bool = True) -> "TrainingConfig":
+        """Check every option; raise `ValueError` naming the bad value and the allowed ones. Returns `self`.
+
+        `check_owners=False` skips checking the vocabularies against their owning modules (which import torch), for
+        a cheap check of the flags before launching the training processes; the `Literal` choices are still checked.
+        """
+        for f in dataclasses.fields(self):  # what each field's definition says: its choices, its least value
+            value = getattr(self, f.name)
+            choices = _choices(f.type)
+            if choices is not None and value is not None:
+                _choice(f.name, value, choices)
+            minimum = f.metadata.get("minimum")
+            if minimum is not None and (value is not None or not _is_optional(f.type)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                    raise ValueError(f"{f.name}={value!r} is not allowed; expected an integer >= {minimum}")
+        if check_owners:
+            for name, allowed in owned_vocabularies().items():
+                _choice(name, getattr(self, name), allowed)
         if self.ddpm_num_inference_steps > self.ddpm_num_steps:
             raise ValueError(
                 f"ddpm_num_inference_steps={self.ddpm_num_inference_steps} is not allowed; expected at most"
@@ -294,6 +252,17 @@ class TrainingConfig:
         return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def _is_optional(tp: Any) -> bool:
+    return get_origin(tp) is Union and type(None) in get_args(tp)
+
+
+def _choices(tp: Any) -> Optional[Tuple[Any, ...]]:
+    """The `Literal` values of a field's type (also inside `Optional`), or None."""
+    if _is_optional(tp):
+        (tp,) = [a for a in get_args(tp) if a is not type(None)]
+    return get_args(tp) if get_origin(tp) is Literal else None
+
+
 def _choice(name: str, value: Any, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(str, allowed))}")
@@ -310,44 +279,31 @@ def _check_output_dir(path: str) -> None:
         raise ValueError(f"output_dir={path!r} lies below the file {parent!r}; allowed: a path under a folder")
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is not allowed; expected an integer >= 1")
-
-
 def _optional_float(text: str) -> Optional[float]:
     return None if text.lower() in ("none", "") else float(text)
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add every `TrainingConfig` option as a `--<name>` flag (train_unconditional.py's names where shared)."""
-    defaults = TrainingConfig()
-    choices: Dict[str, List[Any]] = {
-        "model_preset": list(MODEL_PRESETS),
-        "prediction_type": list(PREDICTION_TYPES),
-        "variance_type": list(VARIANCE_TYPES),
-        "loss_type": list(LOSS_TYPES),
-        "timestep_sampler": list(SAMPLER_NAMES),
-        "ddpm_beta_schedule": list(BETA_SCHEDULES),
-        "lr_scheduler": list(LR_SCHEDULERS),
-        "logger": list(LOGGERS),
-        "mixed_precision": list(MIXED_PRECISION),
-        "pretensorize": list(PRETENSORIZE),
-        "channels": list(CHANNELS),
-    }
+    """Add every `TrainingConfig` option as a `--<name>` flag, generated from the field: its type (`Literal` values
+    become `choices`), default and `metadata["help"]` (train_unconditional.py's names where shared)."""
     for f in dataclasses.fields(TrainingConfig):
-        default = getattr(defaults, f.name)
         flag = f"--{f.name}"
-        doc = f"(default: {default})"
-        if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=doc)
-            continue
-        if f.name == "snr_gamma":
-            parser.add_argument(flag, type=_optional_float, default=default, help=doc)
-            continue
-        kind = {int: int, float: float, Optional[int]: int, Optional[float]: float}.get(f.type, str)
-        parser.add_argument(flag, type=kind, default=default, choices=choices.get(f.name), help=doc)
-    parser.add_argument("--local_rank", type=int, default=-1, help="ignored; set by launchers")
+        text = argparse.SUPPRESS if f.metadata.get("hidden") else f.metadata["help"].replace("%", "%%")
+        choices = _choices(f.type)
+        base = f.type
+        if _is_optional(base):
+            (base,) = [a for a in get_args(base) if a is not type(None)]
+        if base is bool:
+            action = parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
+        elif f.name == "snr_gamma":
+            action = parser.add_argument(flag, type=_optional_float, default=f.default, help=text)
+        elif choices is not None:
+            action = parser.add_argument(flag, type=type(choices[0]), default=f.default, choices=choices, help=text)
+        else:
+            action = parser.add_argument(flag, type=base, default=f.default, help=text)
+        if action.help is not argparse.SUPPRESS and "%(default)" not in action.help:  # once (3.11's bool adds one)
+            action.help += " (default: %(default)s)"
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by launchers; ignored
     return parser
 
 
@@ -355,9 +311,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     """The training command line: `python examples/train_ddpm.py --help`."""
     parser = argparse.ArgumentParser(
         description="Train a DDPM / Improved-DDPM UNet with accelerate (ddpm-ext).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     return add_training_args(parser)
 
 
-__all__ = ["TrainingConfig", "add_training_args", "build_arg_parser"]
+__all__ = ["TrainingConfig", "add_training_args", "build_arg_parser", "owned_vocabularies"]

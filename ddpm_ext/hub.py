@@ -186,15 +186,14 @@ def push_output_dir(
         `str`: the URL of the commit.
 
     Raises:
-        `ValueError`: `output_dir` is not a saved pipeline.
+        `ValueError`: `output_dir` is not a saved pipeline, or `repo_id` is not a valid repo id (no request made).
         `HubPushError`: creating the repo or uploading failed (the message says why).
     """
     if not os.path.isfile(os.path.join(output_dir, "model_index.json")):
         raise ValueError(
             f"output_dir={output_dir!r} holds no saved pipeline (model_index.json missing); train or save first"
         )
-    if not repo_id or not isinstance(repo_id, str):
-        raise ValueError(f"repo_id={repo_id!r} is not a valid Hub repo id; expected 'namespace/name' or 'name'")
+    check_repo_id(repo_id, "repo_id")
     try:
         commit = upload_pipeline_folder(
             output_dir, repo_id, token=token, private=private, revision=revision, commit_message=commit_message

@@ -379,7 +379,18 @@ class DDPMExtPipeline(DDPMPipeline):
         super().save_config(save_directory, **kwargs)
         write_remote_code_layout(self, save_directory)
 
-    def push_to_hub(self, repo_id: str, *args, **kwargs) -> CommitInfo:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: Optional[str] = None,
+        private: Optional[bool] = None,
+        token: Optional[str] = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: Optional[str] = None,
+        revision: Optional[str] = None,
+        model_card: Optional[str] = None,
+    ) -> CommitInfo:
         """
         Upload the self-contained folder (see `save_pretrained`) and a model card to the Hugging Face Hub; only
         `PUBLISH_ALLOW_PATTERNS` are sent.
@@ -398,9 +409,16 @@ class DDPMExtPipeline(DDPMPipeline):
         Returns:
             `huggingface_hub.CommitInfo`: the commit (`.oid`, `.commit_url`).
         """
-        if self._hub is None:  # a saved copy without ddpm-ext: diffusers' own push, through `_upload_folder`
-            return super().push_to_hub(repo_id, *args, **kwargs)
-        return self._hub.push_pipeline(self, repo_id, *args, **kwargs)
+        pushing = dict(commit_message=commit_message, private=private, token=token, create_pr=create_pr,
+                       safe_serialization=safe_serialization, variant=variant)
+        if self._hub is not None:
+            return self._hub.push_pipeline(self, repo_id, revision=revision, model_card=model_card, **pushing)
+        if revision is not None or model_card is not None:
+            raise ValueError(
+                f"push_to_hub(revision={revision!r}, model_card=...) needs ddpm-ext installed (pip install ddpm-ext);"
+                " without it diffusers' push_to_hub runs, which takes neither"
+            )
+        return super().push_to_hub(repo_id, **pushing)  # a saved copy: diffusers' push, through `_upload_folder`
 
     def _upload_folder(self, working_dir, repo_id, token=None, commit_message=None, create_pr=False, subfolder=None):
         # diffusers' push paths upload through here: only what a published model consists of

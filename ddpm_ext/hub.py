@@ -135,8 +135,10 @@ def push_pipeline(
     revision: Optional[str] = None,
     model_card: Optional[str] = None,
 ) -> CommitInfo:
-    """`DDPMExtPipeline.push_to_hub` with ddpm-ext installed: save into a temporary folder, add the model card
-    (`model_card` text, or `reporting.model_card`) and `upload_pipeline_folder` it. See `DDPMExtPipeline.push_to_hub`."""
+    """
+    `DDPMExtPipeline.push_to_hub` with ddpm-ext installed (see its arguments): save into a temporary folder, add the
+    model card (the `model_card` text, or `reporting.model_card`) and `upload_pipeline_folder` it.
+    """
     validate_repo_id(repo_id)  # before saving anything
     with tempfile.TemporaryDirectory() as tmp:
         pipe.save_pretrained(tmp, safe_serialization=safe_serialization, variant=variant)

@@ -492,11 +492,11 @@ def test_a_saved_copy_without_ddpm_ext_pushes_only_the_allow_list_through_diffus
 
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.split()[-1] == "False"
-    assert set(list_repo_files("tester/ddpm-tiny-copy-saved", token=hf_token)) == PUBLISHED
-    assert set(list_repo_files("tester/ddpm-tiny-copy-pushed", token=hf_token)) == LAYOUT | {"README.md", ".gitattributes"}
-    for repo_id, sent in (("tester/ddpm-tiny-copy-saved", PUBLISHED), ("tester/ddpm-tiny-copy-pushed", LAYOUT | {"README.md"})):
+    pushed = LAYOUT | {"README.md", ".gitattributes"}
+    for repo_id, files in (("tester/ddpm-tiny-copy-saved", PUBLISHED), ("tester/ddpm-tiny-copy-pushed", pushed)):
+        assert set(list_repo_files(repo_id, token=hf_token)) == files
         (commit,) = hub_server.calls("POST", rf"^/api/models/{repo_id}/commit/main$")
-        assert sorted(op.split(":", 1)[1] for op in commit.detail.split()) == sorted(sent - {".gitattributes"})
+        assert sorted(op.split(":", 1)[1] for op in commit.detail.split()) == sorted(files - {".gitattributes"})
     after = _files(_snapshot(folder))
     assert {name: after[name] for name in TRAINING_EXTRAS} == {name: before[name] for name in TRAINING_EXTRAS}
     card = ModelCard.load("tester/ddpm-tiny-copy-pushed", token=hf_token)  # diffusers' own card

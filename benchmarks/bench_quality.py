@@ -36,9 +36,9 @@ RECIPES = {
 
 
 def _grid(images: torch.Tensor, path: str) -> None:
-    from ddpm_ext.cli import _save_grid
+    from ddpm_ext.reporting import save_image_grid
 
-    _save_grid(images[:64], path)
+    save_image_grid(images[:64], path)
 
 
 def run_recipe(name: str, args, real_unit: torch.Tensor, held_out: torch.Tensor) -> dict:

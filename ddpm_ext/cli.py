@@ -187,31 +187,9 @@ def _load(model: str, device):
     return pipe
 
 
-def _save_grid(images, path: str) -> str:
-    """Images [N, C, H, W] in [0, 1] as one PNG grid."""
-    import math
-
-    import numpy as np
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), dtype=np.float32)
-    for i in range(n):
-        r, k = divmod(i, cols)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = images[i].permute(1, 2, 0).numpy()
-    array = (grid * 255).round().astype(np.uint8)
-    image = Image.fromarray(array[..., 0] if c == 1 else array)
-    scale = max(1, 256 // max(image.size))
-    image = image.resize((image.size[0] * scale, image.size[1] * scale), Image.NEAREST)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    image.save(path)
-    return path
-
-
 def _sample(args, extra) -> int:
     from .evaluation import sample_images
+    from .reporting import save_image_grid
 
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
@@ -219,7 +197,7 @@ def _sample(args, extra) -> int:
     pipe = _load(args.model, _device(args.device))
     pipe.set_progress_bar_config(desc=f"sampling {args.num} images, {args.steps} steps")
     images = sample_images(pipe, args.num, args.steps, batch_size=min(args.num, 64), seed=args.seed, eta=args.eta)
-    print(f"wrote {_save_grid(images, args.out)} ({args.num} images, {args.steps} steps)")
+    print(f"wrote {save_image_grid(images, args.out)} ({args.num} images, {args.steps} steps)")
     return 0
 
 
@@ -364,6 +342,7 @@ def _demo(args, extra) -> int:
     import torch
 
     from .evaluation import frechet_distance, reference_digits, sample_images
+    from .reporting import save_image_grid
     from .training import TrainingConfig, train
 
     started = time.perf_counter()
@@ -403,7 +382,7 @@ def _demo(args, extra) -> int:
     steps = min(args.steps, args.train_timesteps)
     print(f"[2/4] sampling {args.num_samples} images with {steps} steps", flush=True)
     images = sample_images(pipe, args.num_samples, steps, seed=args.seed)
-    grid = _save_grid(images[:64], os.path.join(out, "demo_samples.png"))
+    grid = save_image_grid(images[:64], os.path.join(out, "demo_samples.png"))
     print("[3/4] Fréchet distance (digits-classifier features) against the 1,797 real digits", flush=True)
     fd = frechet_distance(reference_digits(args.resolution), images, float_range="[0,1]")
     # the yardstick: real training digits against the real held-out ones

@@ -344,6 +344,16 @@ def test_push_without_a_token_raises_huggingface_hubs_401(hub_server):
 
 
 # ------------------------------------------------------------------------------------- training output dirs
+@pytest.mark.parametrize("repo_id", ["bad id!!/x y", "", None])
+def test_push_output_dir_refuses_an_invalid_repo_id_before_any_request(hub_server, tmp_path, repo_id):
+    from ddpm_ext.hub import push_output_dir
+
+    _pipe().save_pretrained(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"^repo_id=.* is not a (valid )?Hub repo id"):
+        push_output_dir(str(tmp_path / "run"), repo_id, token="hf_x")
+    assert hub_server.requests == []
+
+
 def test_push_output_dir_uploads_pipeline_card_and_grid_but_no_checkpoints_or_logs(hub_server, hf_token, tmp_path):
     from ddpm_ext.hub import push_output_dir
 
@@ -450,3 +460,44 @@ def test_push_to_hub_of_a_pipeline_loaded_from_a_training_folder_uploads_the_pip
     DDPMExtPipeline.from_pretrained(folder).push_to_hub("tester/ddpm-tiny-loaded", token=hf_token)
 
     assert set(list_repo_files("tester/ddpm-tiny-loaded", token=hf_token)) == LAYOUT | {"README.md", ".gitattributes"}
+
+
+# ------------------------------------------- without ddpm-ext: a saved copy publishes through diffusers (issue 15)
+_NO_PLUGIN_PUSH = """
+from diffusers import DiffusionPipeline
+folder, token = sys.argv[1], sys.argv[2]
+pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+assert type(pipe).__name__ == "DDPMExtPipeline" and pipe._hub is None and "ddpm_ext" not in sys.modules
+pipe.save_pretrained(folder, push_to_hub=True, repo_id="tester/ddpm-tiny-copy-saved", token=token)
+pipe.push_to_hub("tester/ddpm-tiny-copy-pushed", token=token)
+try:
+    pipe.push_to_hub("tester/ddpm-tiny-copy-pushed", revision="dev", token=token)
+except ValueError as err:
+    assert "needs ddpm-ext installed" in str(err), err
+else:
+    raise AssertionError("revision= without ddpm-ext was not refused")
+print("ddpm_ext" in sys.modules)
+"""
+
+
+def test_a_saved_copy_without_ddpm_ext_pushes_only_the_allow_list_through_diffusers(hub_server, hf_token, tmp_path):
+    from test_loading import BLOCK_PLUGIN
+
+    folder = tmp_path / "run"
+    _training_folder(folder)
+    before = _files(_snapshot(folder))
+
+    done = subprocess.run([sys.executable, "-c", BLOCK_PLUGIN + _NO_PLUGIN_PUSH, str(folder), hf_token],
+                          capture_output=True, text=True, timeout=600)
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "False"
+    pushed = LAYOUT | {"README.md", ".gitattributes"}
+    for repo_id, files in (("tester/ddpm-tiny-copy-saved", PUBLISHED), ("tester/ddpm-tiny-copy-pushed", pushed)):
+        assert set(list_repo_files(repo_id, token=hf_token)) == files
+        (commit,) = hub_server.calls("POST", rf"^/api/models/{repo_id}/commit/main$")
+        assert sorted(op.split(":", 1)[1] for op in commit.detail.split()) == sorted(files - {".gitattributes"})
+    after = _files(_snapshot(folder))
+    assert {name: after[name] for name in TRAINING_EXTRAS} == {name: before[name] for name in TRAINING_EXTRAS}
+    card = ModelCard.load("tester/ddpm-tiny-copy-pushed", token=hf_token)  # diffusers' own card
+    assert card.data.library_name == "diffusers"

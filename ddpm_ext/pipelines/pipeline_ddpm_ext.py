@@ -17,7 +17,6 @@ import math
 import numbers
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -29,8 +28,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import CommitInfo, ModelCardData, create_branch, create_repo, upload_folder
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub import CommitInfo, upload_folder
 
 PIPELINE_MODULE = "pipeline_ddpm_ext"
 SCHEDULER_MODULE = "scheduling_ddpm_ext"
@@ -48,6 +46,7 @@ PUBLISH_ALLOW_PATTERNS = [
     "sample_grid.png",
 ]
 PUBLISH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/*", ".tmp-*", "logs/*", "debug/*", "*.jsonl"]
+_SAVE_KEYS = ("use_flashpack",)  # save_pretrained's keywords that are not the push's
 
 
 @dataclass
@@ -341,7 +340,12 @@ class DDPMExtPipeline(DDPMPipeline):
             )
         return levels.round() / 127.5 - 1.0
 
-    # ------------------------------------------------------------------ saving and loading
+    # ------------------------------------------------------------------ saving and publishing
+    # set by the installed package to `ddpm_ext.hub` (one upload helper, ddpm-ext's model card); None in saved copies,
+    # which publish through diffusers' own `push_to_hub` / `save_pretrained(push_to_hub=True)`, kept to
+    # PUBLISH_ALLOW_PATTERNS by `_upload_folder`
+    _hub = None
+
     def save_pretrained(
         self,
         save_directory: Union[str, os.PathLike],
@@ -360,30 +364,20 @@ class DDPMExtPipeline(DDPMPipeline):
         `private`, `commit_message`, `create_pr`) it uploads only the pipeline files, `README.md` (written if
         missing) and `sample_grid.png` (`PUBLISH_ALLOW_PATTERNS`), never the other files of the folder.
         """
-        super().save_pretrained(
-            save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size
-        )
-        write_remote_code_layout(self, save_directory)
+        saving = dict(safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size)
+        if push_to_hub and self._hub is not None:  # ddpm-ext installed: ddpm_ext.hub publishes
+            super().save_pretrained(save_directory, **saving, **{k: v for k, v in kwargs.items() if k in _SAVE_KEYS})
+            self._hub.push_saved_pipeline(self, save_directory, **kwargs)
+        else:
+            super().save_pretrained(save_directory, **saving, push_to_hub=push_to_hub, **kwargs)
+
+    def save_config(self, save_directory: Union[str, os.PathLike], push_to_hub: bool = False, **kwargs) -> None:
+        """`model_index.json`, which `save_pretrained` writes after the components and before any upload, then the
+        self-contained layout (`write_remote_code_layout`)."""
         if push_to_hub:
-            # only the pipeline, the model card and the sample grid: never the checkpoints, logs or other files of
-            # a training folder saved into (PUBLISH_ALLOW_PATTERNS)
-            repo_id = kwargs.pop("repo_id", str(save_directory).rstrip(os.sep).split(os.sep)[-1])
-            validate_repo_id(repo_id)
-            token = kwargs.get("token")
-            repo_id = create_repo(repo_id, exist_ok=True, private=kwargs.pop("private", None), token=token).repo_id
-            card = os.path.join(save_directory, "README.md")
-            if not os.path.exists(card):  # as diffusers does, the pushed folder gets a model card
-                with open(card, "w", encoding="utf-8") as f:
-                    f.write(default_model_card(self, repo_id))
-            upload_folder(
-                repo_id=repo_id,
-                folder_path=save_directory,
-                token=token,
-                commit_message=kwargs.get("commit_message") or f"Upload {type(self).__name__}",
-                create_pr=kwargs.get("create_pr", False),
-                allow_patterns=PUBLISH_ALLOW_PATTERNS,
-                ignore_patterns=PUBLISH_IGNORE_PATTERNS,
-            )
+            raise ValueError("save_config(push_to_hub=True) is not supported; use save_pretrained or push_to_hub")
+        super().save_config(save_directory, **kwargs)
+        write_remote_code_layout(self, save_directory)
 
     def push_to_hub(
         self,
@@ -398,7 +392,8 @@ class DDPMExtPipeline(DDPMPipeline):
         model_card: Optional[str] = None,
     ) -> CommitInfo:
         """
-        Upload the self-contained folder (see `save_pretrained`) and a model card to the Hugging Face Hub.
+        Upload the self-contained folder (see `save_pretrained`) and a model card to the Hugging Face Hub; only
+        `PUBLISH_ALLOW_PATTERNS` are sent.
 
         Args:
             repo_id (`str`): `namespace/name`; validated before anything is uploaded.
@@ -407,30 +402,36 @@ class DDPMExtPipeline(DDPMPipeline):
             token (`str`, *optional*): a Hub token; defaults to the logged-in one.
             create_pr (`bool`, defaults to `False`): open a pull request instead of committing.
             safe_serialization (`bool`, defaults to `True`), variant (`str`, *optional*): as in `save_pretrained`.
-            revision (`str`, *optional*): branch to commit to; created if it does not exist.
-            model_card (`str`, *optional*): README.md text; defaults to a card that says how to load the model.
+            revision (`str`, *optional*; ddpm-ext installed): branch to commit to; created if it does not exist.
+            model_card (`str`, *optional*; ddpm-ext installed): README.md text; defaults to a card that says how to
+                load the model.
 
         Returns:
             `huggingface_hub.CommitInfo`: the commit (`.oid`, `.commit_url`).
         """
-        validate_repo_id(repo_id)
-        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        if revision is not None and revision != "main":
-            create_branch(repo_id, branch=revision, token=token, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, safe_serialization=safe_serialization, variant=variant)
-            with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-                f.write(model_card if model_card is not None else default_model_card(self, repo_id))
-            return upload_folder(
-                repo_id=repo_id,
-                folder_path=tmp,
-                token=token,
-                commit_message=commit_message or f"Upload {type(self).__name__}",
-                create_pr=create_pr,
-                revision=revision,
-                allow_patterns=PUBLISH_ALLOW_PATTERNS,
-                ignore_patterns=PUBLISH_IGNORE_PATTERNS,
+        pushing = dict(commit_message=commit_message, private=private, token=token, create_pr=create_pr,
+                       safe_serialization=safe_serialization, variant=variant)
+        if self._hub is not None:
+            return self._hub.push_pipeline(self, repo_id, revision=revision, model_card=model_card, **pushing)
+        if revision is not None or model_card is not None:
+            raise ValueError(
+                f"push_to_hub(revision={revision!r}, model_card=...) needs ddpm-ext installed (pip install ddpm-ext);"
+                " without it diffusers' push_to_hub runs, which takes neither"
             )
+        return super().push_to_hub(repo_id, **pushing)  # a saved copy: diffusers' push, through `_upload_folder`
+
+    def _upload_folder(self, working_dir, repo_id, token=None, commit_message=None, create_pr=False, subfolder=None):
+        # diffusers' push paths upload through here: only what a published model consists of
+        return upload_folder(
+            repo_id=repo_id,
+            folder_path=working_dir,
+            token=token,
+            commit_message=commit_message or f"Upload {type(self).__name__}",
+            create_pr=create_pr,
+            path_in_repo=subfolder,
+            allow_patterns=PUBLISH_ALLOW_PATTERNS,
+            ignore_patterns=PUBLISH_IGNORE_PATTERNS,
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs) -> "DDPMExtPipeline":
@@ -516,56 +517,12 @@ def _check_channels(unet, scheduler) -> None:
         )
 
 
-def default_model_card(pipe, repo_id: str, extra_text: str = "", **metadata) -> str:
-    """A model card (README.md) for a saved DDPMExtPipeline: metadata for the Hub and how to load it both ways."""
-    sched = pipe.scheduler.config
-    tags = ["ddpm-ext", "diffusers", "unconditional-image-generation", "ddpm"] + list(metadata.pop("tags", []))
-    data = ModelCardData(library_name="diffusers", pipeline_tag="unconditional-image-generation", tags=tags, **metadata)
-    size = pipe.unet.config.sample_size
-    lines = [
-        f"# {repo_id.split('/')[-1]}",
-        "",
-        f"A denoising diffusion probabilistic model ({pipe.unet.config.in_channels}-channel {size}×{size} images),"
-        " saved by [ddpm-ext](https://pypi.org/project/ddpm-ext/) as a self-contained diffusers pipeline.",
-        "",
-        "| scheduler setting | value |",
-        "| --- | --- |",
-    ]
-    for key in ("num_train_timesteps", "beta_schedule", "prediction_type", "variance_type", "clip_sample"):
-        lines.append(f"| {key} | {getattr(sched, key, None)} |")
-    lines += [
-        "",
-        "## Load it",
-        "",
-        "With ddpm-ext installed (runs no code from this repository):",
-        "",
-        "```python",
-        "from ddpm_ext import DDPMExtPipeline",
-        "",
-        f'pipe = DDPMExtPipeline.from_pretrained("{repo_id}")',
-        "images = pipe(batch_size=16, num_inference_steps=50).images",
-        "```",
-        "",
-        "With plain diffusers (runs this repository's `pipeline_ddpm_ext.py` and `scheduler/scheduling_ddpm_ext.py`):",
-        "",
-        "```python",
-        "from diffusers import DiffusionPipeline",
-        "",
-        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)',
-        "```",
-        "",
-        "Likelihood: `pipe.bits_per_dim(images)` gives each image's negative log-likelihood bound in bits/dim.",
-    ]
-    if extra_text:
-        lines += ["", extra_text.strip()]
-    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
-
-
 def write_remote_code_layout(pipe, save_directory: Union[str, os.PathLike]) -> None:
     """Copy the pipeline's and scheduler's modules into `save_directory` and name them in `model_index.json`."""
     index_path = os.path.join(save_directory, "model_index.json")
     with open(index_path, encoding="utf-8") as f:
         index = json.load(f)
+    os.makedirs(os.path.join(save_directory, "scheduler"), exist_ok=True)
     pipeline_source = inspect.getsourcefile(type(pipe))
     shutil.copyfile(pipeline_source, os.path.join(save_directory, PIPELINE_MODULE + ".py"))
     index["_class_name"] = [PIPELINE_MODULE, type(pipe).__name__]

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from .. import data as ddpm_data
 from ..losses import training_losses
 from ..pipelines.pipeline_ddpm_ext import DDPMExtPipeline
+from ..reporting import _parse_metrics_line, image_grid, plot_training_curves, read_metrics, write_model_card
 from ..resample import create_sampler
 from ..schedulers.scheduling_ddpm_ext import DDPMExtScheduler
 from .checkpoints import (
@@ -822,7 +823,7 @@ class DDPMTrainer:
                 output_type="np",
             ).images
         self.unet.train()
-        grid = _image_grid((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+        grid = image_grid(images)
         folder = os.path.join(cfg.output_dir, "samples")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"step_{self.counter.global_step:07d}.png")
@@ -1012,151 +1013,6 @@ def train(config: TrainingConfig) -> TrainingResult:
 # ---------------------------------------------------------------------- outputs
 def _tracker_config(values: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
-
-
-def _image_grid(images: np.ndarray) -> np.ndarray:
-    """[N, H, W, C] uint8 → one near-square grid image (H×W or H×W×3)."""
-    n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = images[i]
-    return grid[..., 0] if c == 1 else grid
-
-
-def _parse_metrics_line(line: str) -> Optional[Dict[str, Any]]:
-    """A metrics.jsonl row, or None for a blank or half-written line (a run killed mid-write)."""
-    if not line.strip():
-        return None
-    try:
-        row = json.loads(line)
-    except ValueError:
-        logger.warning("metrics.jsonl: skipped an incomplete line %r", line[:80])
-        return None
-    return row if isinstance(row, dict) else None
-
-
-def read_metrics(path: str) -> Tuple[Dict[int, float], Dict[int, float]]:
-    """(loss per step, bits/dim per step) from a `metrics.jsonl` (the last entry of a step wins)."""
-    losses: Dict[int, float] = {}
-    bpd: Dict[int, float] = {}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                row = _parse_metrics_line(line)
-                if row is None:
-                    continue
-                if "loss" in row:
-                    losses[int(row["step"])] = float(row["loss"])
-                if "bits_per_dim" in row:
-                    bpd[int(row["step"])] = float(row["bits_per_dim"])
-    return losses, bpd
-
-
-def plot_training_curves(metrics_path: str, out_path: str) -> str:
-    """Plot the training loss (with a moving average) and the held-out bits/dim against the step into a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    losses, bpd = read_metrics(metrics_path)
-    fig, axes = plt.subplots(1, 2 if bpd else 1, figsize=(10 if bpd else 5.5, 3.8), squeeze=False)
-    ax = axes[0, 0]
-    if losses:
-        steps = np.array(sorted(losses))
-        values = np.array([losses[s] for s in steps])
-        ax.plot(steps, values, lw=0.6, alpha=0.4, label="loss")
-        window = max(1, len(values) // 20)
-        if window > 1:
-            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"moving average ({window})")
-        ax.set_yscale("log")
-        ax.legend()
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    if bpd:
-        ax = axes[0, 1]
-        steps = sorted(bpd)
-        ax.plot(steps, [bpd[s] for s in steps], marker="o")
-        ax.set_xlabel("step")
-        ax.set_ylabel("held-out bits/dim (EMA)")
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
-
-
-def write_model_card(config: TrainingConfig, result: TrainingResult, dataset_label: str, unet) -> str:
-    """Write `output_dir/README.md`: metadata (library, tags, dataset), usage, the config, final metrics, samples."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    tags = ["ddpm-ext", "diffusers", "unconditional-image-generation", "ddpm", "pytorch"]
-    if config.variance_type in ("learned", "learned_range"):
-        tags.append("improved-ddpm")
-    metrics = {"global_step": result.global_step}
-    if result.final_loss is not None:
-        metrics["final_train_loss"] = round(result.final_loss, 6)
-    if result.final_bits_per_dim is not None:
-        metrics["held_out_bits_per_dim"] = round(result.final_bits_per_dim, 4)
-    card_data = ModelCardData(
-        library_name="diffusers",
-        license="apache-2.0",
-        pipeline_tag="unconditional-image-generation",
-        tags=tags,
-        datasets=[config.dataset_name] if config.dataset_name else None,
-        ddpm_ext_metrics=metrics,
-        ddpm_ext_training_config=_normalize(
-            {k: v for k, v in config.to_dict().items() if k not in ("hub_token", "output_dir", "logging_dir")}
-        ),
-    )
-    params = sum(p.numel() for p in unet.parameters())
-    metric_rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items())
-    config_json = json.dumps(config.to_dict(), indent=2, default=str)
-    repo = config.hub_model_id or os.path.basename(os.path.abspath(config.output_dir))
-    content = f"""---
-{card_data.to_yaml()}
----
-
-# {repo}
-
-An unconditional DDPM image model ({params / 1e6:.2f}M parameters, `{config.model_preset}` UNet,
-{config.resolution}×{config.resolution}) trained with ddpm-ext on {dataset_label}.
-Prediction type `{config.prediction_type}`, variance `{config.variance_type}`, loss `{config.loss_type}`,
-{config.ddpm_num_steps} diffusion steps with the `{config.ddpm_beta_schedule}` schedule.
-Weights are the {"EMA" if config.use_ema else "final"} weights.
-
-![samples]({SAMPLE_GRID})
-
-## Usage
-
-```python
-from ddpm_ext import DDPMExtPipeline
-
-pipe = DDPMExtPipeline.from_pretrained("{repo}")
-images = pipe(batch_size=16, num_inference_steps={config.ddpm_num_inference_steps}).images
-bits_per_dim = pipe.bits_per_dim(images)
-```
-
-Without ddpm-ext installed: `DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)`.
-
-## Final metrics
-
-| metric | value |
-| --- | --- |
-{metric_rows}
-
-## Training configuration
-
-```json
-{config_json}
-```
-"""
-    path = os.path.join(config.output_dir, "README.md")
-    ModelCard(content).save(path)
-    return path
 
 
 __all__ = [

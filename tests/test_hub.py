@@ -265,7 +265,7 @@ def offline_report(tmp_path_factory) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     assert env["HF_HOME"] and env["HF_ENDPOINT"] == server.url  # the child sees the same cache and endpoint
     done = subprocess.run([sys.executable, "-c", _OFFLINE_CHILD, str(tmp), json.dumps(routes)], env=env,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
     return json.loads(line[len("REPORT "):])

@@ -51,7 +51,7 @@ def _run(code: str, cwd, reference=None, atol=1e-6) -> str:
     code = textwrap.dedent(code)
     if reference is not None:
         code += f"\nREFERENCE = {str(reference)!r}\nATOL = {atol!r}\n" + SAMPLE
-    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=180)
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 

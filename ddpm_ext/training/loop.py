@@ -33,7 +33,7 @@ import shutil
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -74,11 +74,11 @@ from .config import TrainingConfig
 from .models import unet_config
 from .samples import held_out_bits_per_dim, sample_images
 from .signals import SignalFlag
+from .tracking import METRICS_FILE, SAMPLE_GRID, MetricsFile, StepTimer, tracker_config
+from .tracking import parse_metrics_line as _parse_metrics_line
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLE_GRID = "sample_grid.png"
 CURVES_PLOT = "training_curves.png"
 
 
@@ -135,7 +135,9 @@ class DDPMTrainer:
         if self.resume_path is not None:
             self.resume_state = check_checkpoint_compatible(self.resume_path, self.fingerprint)
         self.mixed_precision = resolve_mixed_precision(cfg)
-        self.accelerator = make_accelerator(cfg, self.mixed_precision, [] if cfg.logger == "none" else [cfg.logger])
+        self.metrics = MetricsFile(cfg.output_dir)  # metrics.jsonl and sample grids, always on
+        trackers = [self.metrics] + ([] if cfg.logger == "none" else [cfg.logger])
+        self.accelerator = make_accelerator(cfg, self.mixed_precision, trackers)
         check_destinations(cfg, self.accelerator)
         data = load_training_data(cfg, self.accelerator, self.channels, default_data)
         self.train_source, self.eval_images = data.train_source, data.eval_images
@@ -211,6 +213,7 @@ class DDPMTrainer:
         self._last_log_step = 0
         self.last_loss: Optional[float] = None
         self.last_bits_per_dim: Optional[float] = None
+        self._trackers_started = False
         self.is_setup = True
 
     # ------------------------------------------------------------------ the training step
@@ -336,31 +339,18 @@ class DDPMTrainer:
         self._last_log_time, self._last_log_step = now, step
         lr = self.lr_scheduler.get_last_lr()[0]
         self.last_loss = float(values[:, 0].mean())
-        if accelerator.is_main_process:
-            with open(os.path.join(self.config.output_dir, METRICS_FILE), "a", encoding="utf-8") as fh:
-                for i in range(num):
-                    row = {"step": step - num + 1 + i, "loss": float(values[i, 0]), "grad_norm": float(values[i, 1])}
-                    fh.write(json.dumps(row) + "\n")
-                fh.write(json.dumps({"step": step, "lr": lr, "images_per_sec": images_per_sec}) + "\n")
-            if progress is not None:
-                progress.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{images_per_sec:.0f}")
-        accelerator.log(
-            {"loss": self.last_loss, "lr": lr, "grad_norm": float(values[:, 1].mean()), "images_per_sec": images_per_sec},
-            step=step,
-        )
+        self._start_trackers()
+        for i in range(num):  # every step's own values (metrics.jsonl: one line per step)
+            accelerator.log({"loss": float(values[i, 0]), "grad_norm": float(values[i, 1])}, step=step - num + 1 + i)
+        accelerator.log({"lr": lr, "images_per_sec": images_per_sec}, step=step)
+        if progress is not None and accelerator.is_main_process:
+            progress.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{images_per_sec:.0f}")
 
-    def _truncate_metrics(self, step: int) -> None:
-        path = os.path.join(self.config.output_dir, METRICS_FILE)
-        if not self.accelerator.is_main_process or not os.path.isfile(path):
-            return
-        rows = []
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                row = _parse_metrics_line(line)
-                if row is not None and row.get("step", 0) <= step:
-                    rows.append(json.dumps(row) + "\n")
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.writelines(rows)
+    def _start_trackers(self) -> None:
+        """Start the trackers once (metrics.jsonl always; tensorboard / wandb with `--logger`)."""
+        if not self._trackers_started:
+            self.accelerator.init_trackers("train_ddpm", config=tracker_config(self.config.to_dict()))
+            self._trackers_started = True
 
     # ------------------------------------------------------------------ checkpoints
     def _check_finite_weights(self, what: str) -> None:
@@ -435,46 +425,45 @@ class DDPMTrainer:
             yield
         self.unet.train()
 
-    def _pipeline(self) -> DDPMExtPipeline:
+    def _pipeline(self, progress: Optional[str] = None) -> DDPMExtPipeline:
+        """The pipeline over the training UNet; `progress` names a progress bar shown on the local main process."""
         pipe = DDPMExtPipeline(unet=self.accelerator.unwrap_model(self.unet), scheduler=self.noise_scheduler)
-        pipe.set_progress_bar_config(disable=True)
+        show = progress is not None and self.accelerator.is_local_main_process
+        pipe.set_progress_bar_config(disable=not show, desc=progress, leave=False, dynamic_ncols=True)
         return pipe
 
     def evaluate_bits_per_dim(self) -> float:
         """Mean bits/dim of the held-out images with the EMA weights (sharded over processes)."""
         cfg = self.config
         with self._evaluating():
-            value = held_out_bits_per_dim(self._pipeline(), self.eval_images, self.accelerator, cfg.seed,
-                                          cfg.eval_nll_timestep_batch_size, cfg.eval_batch_size)
+            value = held_out_bits_per_dim(self._pipeline("held-out bits/dim"), self.eval_images, self.accelerator,
+                                          cfg.seed, cfg.eval_nll_timestep_batch_size, cfg.eval_batch_size)
         self.last_bits_per_dim = value
         step = self.counter.global_step
-        if self.accelerator.is_main_process:
-            with open(os.path.join(self.config.output_dir, METRICS_FILE), "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": step, "bits_per_dim": value}) + "\n")
+        self._start_trackers()
         self.accelerator.log({"bits_per_dim": value}, step=step)
+        if self.accelerator.is_main_process:
+            tqdm.write(f"step {step}: held-out bits/dim {value:.4f} ({self.eval_images.shape[0]} images,"
+                       f" {'EMA' if self.ema is not None else 'current'} weights)")
         return value
 
     def save_samples(self) -> Optional[str]:
-        """A sample grid with the EMA weights (main process): `samples/step_<step>.png` and `sample_grid.png`."""
+        """A sample grid with the EMA weights (main process), through every tracker's `log_images`: metrics.jsonl's
+        tracker writes `samples/step_<step>.png` and `sample_grid.png`."""
         if not self.accelerator.is_main_process:
             return None
-        from PIL import Image
-
         cfg = self.config
         with self._evaluating():
-            images = sample_images(self._pipeline(), cfg.eval_batch_size, cfg.seed, cfg.ddpm_num_inference_steps,
-                                   self.accelerator.device)
+            images = sample_images(self._pipeline("sample grid"), cfg.eval_batch_size, cfg.seed,
+                                   cfg.ddpm_num_inference_steps, self.accelerator.device)
         grid = _image_grid(images)
-        folder = os.path.join(cfg.output_dir, "samples")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"step_{self.counter.global_step:07d}.png")
-        Image.fromarray(grid).save(path)
-        shutil.copyfile(path, os.path.join(cfg.output_dir, SAMPLE_GRID))
+        batch = (grid if grid.ndim == 3 else grid[..., None])[None]  # one image, [1, H, W, C]
+        step = self.counter.global_step
+        self._start_trackers()
         for tracker in self.accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_image("samples", grid if grid.ndim == 3 else grid[..., None],
-                                         self.counter.global_step, dataformats="HWC")
-        return path
+            tracker.log_images({"samples": batch}, step, **({"dataformats": "NHWC"} if tracker.name == "tensorboard"
+                                                             else {}))
+        return os.path.join(cfg.output_dir, "samples", f"step_{step:07d}.png")
 
     def save_pipeline(self) -> None:
         """Save the self-contained `DDPMExtPipeline` (EMA weights) into `output_dir` (main process)."""
@@ -522,29 +511,28 @@ class DDPMTrainer:
         os.makedirs(cfg.output_dir, exist_ok=True)
         if self.resume_path is not None:
             self.load_checkpoint(self.resume_path)
-            self._truncate_metrics(self.counter.global_step)
+            if accelerator.is_main_process:
+                self.metrics.truncate(self.counter.global_step)
         elif accelerator.is_main_process:
             old = remove_previous_run(cfg.output_dir)
             if old:  # only with --overwrite_output_dir (setup refuses otherwise)
                 logger.warning("overwrite_output_dir: deleted the previous run's %s in %s", ", ".join(old),
                                cfg.output_dir)
-            metrics = os.path.join(cfg.output_dir, METRICS_FILE)
-            if os.path.exists(metrics):
-                os.remove(metrics)
+            self.metrics.reset()
         accelerator.wait_for_everyone()
 
-    def _start_trackers(self) -> None:
-        if self.config.logger != "none":
-            self.accelerator.init_trackers("train_ddpm", config=_tracker_config(self.config.to_dict()))
-
     def _announce(self, start: int) -> None:
+        """Print the step count (the time estimate follows after the first few steps, see `StepTimer`)."""
         cfg = self.config
-        logger.info(
-            "training %d steps (%d → %d), %d processes × batch %d × accumulation %d, %s data, mixed precision %s",
-            self.max_train_steps - start, start, self.max_train_steps, self.accelerator.num_processes,
-            cfg.train_batch_size, cfg.gradient_accumulation_steps, "pre-decoded" if self.pretensorized else
-            "PIL-decoded", self.mixed_precision,
-        )
+        if self.accelerator.is_main_process:
+            tqdm.write(
+                f"training {self.max_train_steps - start:,} steps ({start:,} → {self.max_train_steps:,}),"
+                f" {self.accelerator.num_processes} process(es) × batch {cfg.train_batch_size} × accumulation"
+                f" {cfg.gradient_accumulation_steps}, {'pre-decoded' if self.pretensorized else 'PIL-decoded'} data,"
+                f" mixed precision {self.mixed_precision}"
+            )
+        sync = torch.cuda.synchronize if self.accelerator.device.type == "cuda" else None
+        self._timer = StepTimer(start, self.max_train_steps, sync=sync)
 
     def _push(self, result: TrainingResult) -> None:
         """Upload the finished run (`--push_to_hub`, main process); a failure is recorded, the folder stays."""
@@ -599,6 +587,9 @@ class DDPMTrainer:
             self._optimizer_step(batches)
             step = self.counter.global_step
             progress.update(1)
+            estimate = self._timer.after_step(step)
+            if estimate and self.accelerator.is_main_process:
+                tqdm.write(estimate)
             epoch_after = (step * accum) // micro_per_epoch
             done = step >= self.max_train_steps
             if step % cfg.logging_steps == 0 or done:
@@ -623,9 +614,10 @@ class DDPMTrainer:
         """The signal every process agrees to stop on at this step (checked every `logging_steps` when several)."""
         if not multi:
             return flag.signum
-        if step % self.config.logging_steps == 0 or done:
-            seen = torch.tensor([flag.signum or 0], device=self.accelerator.device)
-            return int(self.accelerator.gather(seen).max()) or None
+        if flag.signum is not None:
+            self.accelerator.set_trigger()
+        if (step % self.config.logging_steps == 0 or done) and self.accelerator.check_trigger():
+            return flag.signum or signal.SIGTERM  # a process that saw no signal itself stops as if terminated
         return None
 
     def _save_debug_params(self) -> None:
@@ -663,10 +655,6 @@ def train(config: TrainingConfig) -> TrainingResult:
 
 
 # ---------------------------------------------------------------------- outputs
-def _tracker_config(values: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
-
-
 def _image_grid(images: np.ndarray) -> np.ndarray:
     """[N, H, W, C] uint8 → one near-square grid image (H×W or H×W×3)."""
     n, h, w, c = images.shape
@@ -677,18 +665,6 @@ def _image_grid(images: np.ndarray) -> np.ndarray:
         r, q = divmod(i, cols)
         grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = images[i]
     return grid[..., 0] if c == 1 else grid
-
-
-def _parse_metrics_line(line: str) -> Optional[Dict[str, Any]]:
-    """A metrics.jsonl row, or None for a blank or half-written line (a run killed mid-write)."""
-    if not line.strip():
-        return None
-    try:
-        row = json.loads(line)
-    except ValueError:
-        logger.warning("metrics.jsonl: skipped an incomplete line %r", line[:80])
-        return None
-    return row if isinstance(row, dict) else None
 
 
 def read_metrics(path: str) -> Tuple[Dict[int, float], Dict[int, float]]:

@@ -80,3 +80,22 @@ def test_step_counter_round_trips_through_its_state_dict():
     other = StepCounter()
     other.load_state_dict(counter.state_dict())
     assert other.global_step == 7
+
+
+def test_a_run_prints_its_step_count_time_estimate_and_held_out_bits_per_dim_with_progress_bars(tmp_path, capsys):
+    from ddpm_ext.training import TrainingConfig, train
+
+    config = TrainingConfig(
+        output_dir=str(tmp_path / "run"), ddpm_num_steps=10, ddpm_num_inference_steps=3, lr_warmup_steps=0,
+        train_batch_size=8, eval_batch_size=4, logger="none", resolution=8, max_train_steps=8, logging_steps=4,
+        eval_nll_steps=8, eval_nll_num_images=4, checkpointing_steps=100,
+    )
+    result = train(config)
+    captured = capsys.readouterr()
+    assert "training 8 steps (0 → 8), 1 process(es) × batch 8 × accumulation 1" in captured.out
+    assert "estimated time: " in captured.out and "for the remaining 2 steps" in captured.out
+    assert f"step 8: held-out bits/dim {result.final_bits_per_dim:.4f} (4 images" in captured.out
+    assert "held-out bits/dim: 100%" in captured.err and "sample grid: 100%" in captured.err
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert rows[-1] == {"step": 8, "bits_per_dim": result.final_bits_per_dim}

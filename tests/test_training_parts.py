@@ -92,8 +92,8 @@ def test_a_run_prints_its_step_count_time_estimate_and_held_out_bits_per_dim_wit
     )
     result = train(config)
     captured = capsys.readouterr()
-    assert "training 8 steps (0 → 8), 1 process(es) × batch 8 × accumulation 1" in captured.out
-    assert "estimated time: " in captured.out and "for the remaining 2 steps" in captured.out
+    assert "training 8 steps (0 → 8), 1 process(es) × batch 8 × accumulation 1" in captured.err
+    assert "estimated time: " in captured.err and "for the remaining 2 steps" in captured.err
     assert f"step 8: held-out bits/dim {result.final_bits_per_dim:.4f} (4 images" in captured.out
     assert "held-out bits/dim: 100%" in captured.err and "sample grid: 100%" in captured.err
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

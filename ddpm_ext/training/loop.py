@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -524,12 +525,13 @@ class DDPMTrainer:
     def _announce(self, start: int) -> None:
         """Print the step count (the time estimate follows after the first few steps, see `StepTimer`)."""
         cfg = self.config
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process:  # on stderr, with the progress bars
             tqdm.write(
                 f"training {self.max_train_steps - start:,} steps ({start:,} → {self.max_train_steps:,}),"
                 f" {self.accelerator.num_processes} process(es) × batch {cfg.train_batch_size} × accumulation"
                 f" {cfg.gradient_accumulation_steps}, {'pre-decoded' if self.pretensorized else 'PIL-decoded'} data,"
-                f" mixed precision {self.mixed_precision}"
+                f" mixed precision {self.mixed_precision}",
+                file=sys.stderr,
             )
         sync = torch.cuda.synchronize if self.accelerator.device.type == "cuda" else None
         self._timer = StepTimer(start, self.max_train_steps, sync=sync)
@@ -589,7 +591,7 @@ class DDPMTrainer:
             progress.update(1)
             estimate = self._timer.after_step(step)
             if estimate and self.accelerator.is_main_process:
-                tqdm.write(estimate)
+                tqdm.write(estimate, file=sys.stderr)
             epoch_after = (step * accum) // micro_per_epoch
             done = step >= self.max_train_steps
             if step % cfg.logging_steps == 0 or done:

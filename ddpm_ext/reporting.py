@@ -70,7 +70,7 @@ def save_image_grid(images, path: str, border: int = 1, min_size: int = 256) -> 
 
 
 # ---------------------------------------------------------------------- metrics and curves
-def _parse_metrics_line(line: str) -> Optional[Dict[str, Any]]:
+def parse_metrics_line(line: str) -> Optional[Dict[str, Any]]:
     """A metrics.jsonl row, or None for a blank or half-written line (a run killed mid-write)."""
     if not line.strip():
         return None
@@ -89,7 +89,7 @@ def read_metrics(path: str) -> Tuple[Dict[int, float], Dict[int, float]]:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as fh:
             for line in fh:
-                row = _parse_metrics_line(line)
+                row = parse_metrics_line(line)
                 if row is None:
                     continue
                 if "loss" in row:

@@ -20,13 +20,15 @@ import shutil
 import signal
 import sys
 import threading
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
 STATUS_FILE_ENV = "DDPM_EXT_STATUS_FILE"
 LAUNCHER_PID_ENV = "DDPM_EXT_LAUNCHER_PID"
 WATCH_PARENT_ENV = "DDPM_EXT_STOP_WITH_LAUNCHER"
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_MARKER = "ddpm_ext_training.json"
 
 
 class DiskFullError(OSError):
@@ -264,3 +266,214 @@ class ParentWatch:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+
+
+# ---------------------------------------------------------------------- checkpoints: find, check, resume, save
+class StepCounter:
+    """The optimizer-step counter, saved with the checkpoint."""
+
+    def __init__(self) -> None:
+        self.global_step = 0
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"global_step": self.global_step}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.global_step = int(state["global_step"])
+
+
+def list_checkpoints(output_dir: str) -> List[Tuple[int, str]]:
+    """Complete checkpoints in `output_dir` as (step, path), oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit():
+            if os.path.isfile(os.path.join(path, CHECKPOINT_MARKER)):
+                found.append((int(name[len(CHECKPOINT_PREFIX):]), path))
+    return sorted(found)
+
+
+def normalize(value: Any) -> Any:
+    """`value` as JSON would give it back (tuples → lists, unknown objects → str)."""
+    return json.loads(json.dumps(value, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def check_checkpoint_compatible(path: str, expected: Dict[str, Any]) -> Dict[str, Any]:
+    """
+    Read a checkpoint's `ddpm_ext_training.json` and raise `ValueError` naming every model / diffusion setting that
+    differs from `expected` (keys "unet", "scheduler", "use_ema", "timestep_sampler").
+
+    Returns:
+        `dict`: the checkpoint's training state.
+    """
+    marker = os.path.join(path, CHECKPOINT_MARKER)
+    if not os.path.isfile(marker):
+        raise ValueError(
+            f"resume_from_checkpoint={path!r} is not a complete ddpm-ext checkpoint ({CHECKPOINT_MARKER} missing)"
+        )
+    with open(marker, encoding="utf-8") as fh:
+        saved = json.load(fh)
+    problems = []
+    for section in ("unet", "scheduler"):
+        old, new = normalize(saved.get(section, {})), normalize(expected[section])
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                problems.append(f"{section}.{key}: checkpoint {old.get(key)!r}, this run {new.get(key)!r}")
+    for key in ("use_ema", "timestep_sampler"):
+        if saved.get(key) != expected[key]:
+            problems.append(f"{key}: checkpoint {saved.get(key)!r}, this run {expected[key]!r}")
+    if problems:
+        raise ValueError(
+            f"the checkpoint {path!r} comes from a different model configuration and cannot be resumed:\n  "
+            + "\n  ".join(problems)
+            + "\nUse the original flags, or start a new run without --resume_from_checkpoint."
+        )
+    return saved
+
+
+# options that change what the remaining steps compute: resuming with another value still works but is not exact
+EXACTNESS_KEYS = (
+    "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps",
+    "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm", "loss_type", "vlb_weight",
+    "snr_gamma", "random_flip", "center_crop", "dataset_name", "dataset_config_name", "train_data_dir",
+    "eval_nll_steps", "eval_nll_num_images", "ema_inv_gamma", "ema_power", "ema_max_decay", "mixed_precision",
+)
+
+# AdamW's hyperparameters live in the optimizer's param_groups, which `load_state` restores (the LR schedule restores
+# its base rates too), so these flags have no effect on a resumed run
+_RESTORED_KEYS = ("learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon")
+
+
+def exactness_differences(saved: Dict[str, Any], config: Dict[str, Any], num_processes: int) -> List[str]:
+    """The options (and the process count) that differ between a checkpoint's run and this one, one line each."""
+    old = normalize(saved.get("config", {}))
+    new = normalize(config)
+    lines = [f"{key}: checkpoint {old.get(key)!r}, this run {new.get(key)!r}"
+             + (" (ignored: the checkpoint's optimizer keeps its value)" if key in _RESTORED_KEYS else "")
+             for key in EXACTNESS_KEYS if key in old and old.get(key) != new.get(key)]
+    if "num_processes" in saved and saved["num_processes"] != num_processes:
+        lines.append(f"num_processes: checkpoint {saved['num_processes']!r}, this run {num_processes!r}")
+    return lines
+
+
+def resolve_resume(output_dir: str, resume_from_checkpoint: Optional[str], overwrite_output_dir: bool) -> Optional[str]:
+    """The checkpoint to resume from (`latest` skips damaged ones), or None for a new run; refuses to start a new run
+    over another run's checkpoints unless `overwrite_output_dir`."""
+    if resume_from_checkpoint is None:
+        found = list_checkpoints(output_dir)
+        if found and not overwrite_output_dir:
+            raise ValueError(
+                f"output_dir {output_dir!r} already holds checkpoints of a run ({os.path.basename(found[-1][1])});"
+                " continue it with --resume_from_checkpoint latest, or start over with --overwrite_output_dir"
+                " (deletes its checkpoints and metrics)"
+            )
+        return None
+    if resume_from_checkpoint == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            logger.warning("resume_from_checkpoint='latest': no checkpoint in %s; starting a new run", output_dir)
+            return None
+        skipped = []
+        for _, path in reversed(found):
+            problems = verify_checkpoint(path, CHECKPOINT_MARKER)
+            if not problems:
+                for name, why in skipped:
+                    logger.warning("resume_from_checkpoint='latest': skipped the damaged %s (%s); resuming from %s",
+                                   name, why, os.path.basename(path))
+                return path
+            skipped.append((os.path.basename(path), "; ".join(problems)))
+        raise ValueError(
+            f"resume_from_checkpoint='latest': no checkpoint in {output_dir!r} verifies: "
+            + "; ".join(f"{name}: {why}" for name, why in skipped)
+        )
+    problems = verify_checkpoint(resume_from_checkpoint, CHECKPOINT_MARKER)
+    if problems and os.path.isfile(os.path.join(resume_from_checkpoint, CHECKPOINT_MARKER)):
+        raise ValueError(
+            f"resume_from_checkpoint={resume_from_checkpoint!r} is damaged: {'; '.join(problems)};"
+            " pick another checkpoint-<step> folder or use 'latest' (skips damaged checkpoints)"
+        )
+    return resume_from_checkpoint
+
+
+def remove_previous_run(output_dir: str) -> List[str]:
+    """Delete another run's checkpoints (complete, half-written, being replaced); returns their names."""
+    old = sorted(name for name in os.listdir(output_dir)
+                 if name.startswith((CHECKPOINT_PREFIX, f".tmp-{CHECKPOINT_PREFIX}", f".old-{CHECKPOINT_PREFIX}")))
+    for name in old:
+        shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+    return old
+
+
+def write_checkpoint(
+    accelerator, output_dir: str, step: int, state: Dict[str, Any], total_limit: Optional[int],
+    state_bytes: Callable[[], int],
+) -> str:
+    """
+    `accelerator.save_state` into `.tmp-checkpoint-<step>`, fsync, then the marker `ddpm_ext_training.json` (`state`
+    plus each file's size and sha256), then an atomic rename to `checkpoint-<step>`; prune to `total_limit` after a
+    successful save. A full disk raises `DiskFullError` (`state_bytes()` estimates the size) and removes the partial
+    save. Every process calls it.
+    """
+    final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
+    tmp = os.path.join(output_dir, f".tmp-{CHECKPOINT_PREFIX}{step}")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(tmp)
+    except (OSError, RuntimeError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(err, output_dir, state_bytes()):
+            raise disk_full_error(err, tmp, state_bytes()) from err
+        raise
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = dict(state)
+        try:
+            fsync_tree(tmp)
+            state["files"] = file_manifest(tmp, CHECKPOINT_MARKER)
+            with open(os.path.join(tmp, CHECKPOINT_MARKER), "w", encoding="utf-8") as fh:
+                json.dump(normalize(state), fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            fsync_dir(tmp)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(err, output_dir, state_bytes()):
+                raise disk_full_error(err, tmp, state_bytes()) from err
+            raise
+        if os.path.exists(final):
+            old = os.path.join(output_dir, f".old-{CHECKPOINT_PREFIX}{step}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(output_dir)
+        if total_limit is not None:
+            for _, path in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(path, ignore_errors=True)
+        logger.info("saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def swap_in(src: str, dest: str, old: str) -> None:
+    """Move every entry of the complete folder `src` into `dest` by renames (`model_index.json` last, so a loader
+    never sees the new index with the old components); replaced entries go through `old`, removed at the end."""
+    shutil.rmtree(old, ignore_errors=True)
+    os.makedirs(old)
+    names = sorted(os.listdir(src), key=lambda n: n == "model_index.json")
+    for name in names:
+        target = os.path.join(dest, name)
+        if os.path.lexists(target):
+            os.replace(target, os.path.join(old, name))
+        os.replace(os.path.join(src, name), target)
+    fsync_dir(dest)
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)

@@ -47,7 +47,7 @@ def _env(threads: int = 1) -> dict:
     return env
 
 
-def _train(out: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _train(out: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     cmd = [sys.executable, SCRIPT, "--output_dir", str(out), *SMALL, *args]
     proc = subprocess.run(cmd, env=_env(2), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -138,7 +138,7 @@ def test_two_gloo_processes_split_the_data_and_follow_the_one_process_loss_curve
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
         SCRIPT, "--output_dir", str(two), *SMALL, "--train_batch_size", "4", *steps,
     ]
-    proc = subprocess.run(cmd, env=_env(1), capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, env=_env(1), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     def indices(folder, rank):
@@ -190,14 +190,14 @@ def test_sigterm_saves_a_complete_checkpoint_that_resumes(tmp_path):
     cmd = [sys.executable, SCRIPT, "--output_dir", str(out), *SMALL, "--max_train_steps", "100000",
            "--checkpointing_steps", "100000", "--logging_steps", "1"]
     proc = subprocess.Popen(cmd, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
+    deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:
         if (out / "metrics.jsonl").is_file() and _losses(out):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=900)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     found = list_checkpoints(str(out))
     assert len(found) == 1 and found[0][0] >= 1
@@ -248,7 +248,7 @@ def test_empty_image_folder_fails_before_training(tmp_path):
 def test_command_line_rejects_an_unknown_flag_value(tmp_path):
     proc = subprocess.run(
         [sys.executable, SCRIPT, "--output_dir", str(tmp_path), "--loss_type", "l1"],
-        env=_env(), capture_output=True, text=True, timeout=120,
+        env=_env(), capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 2 and "invalid choice: 'l1'" in proc.stderr
 

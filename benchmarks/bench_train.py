@@ -103,15 +103,15 @@ class OursLoop:
         self.trainer.train_steps(n)  # gathers and fetches the losses every `log_every` steps
 
 
-def _time(loop, steps: int, device: torch.device, peaks: list) -> float:
+def _time(loop, steps: int, device: torch.device, peaks: list, clock=time.perf_counter) -> float:
     cuda = device.type == "cuda"
     synchronize(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    start = clock()
     loop.steps(steps)
     synchronize(device)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     if cuda:
         peaks.append(torch.cuda.max_memory_allocated(device))
     return elapsed
@@ -138,6 +138,9 @@ def main() -> None:
                         help="after the timings, profile N steps of each side with torch.profiler and print the top ops")
     parser.add_argument("--profile_rows", type=int, default=15)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall: time.perf_counter; cpu: this process's CPU time (time.process_time), which other"
+                             " load on a shared machine disturbs less; with --threads 1 it is one core's busy time")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,18 +157,19 @@ def main() -> None:
             loops["ours"] = OursLoop(args, out_dir)
         for loop in loops.values():
             loop.steps(args.warmup)
+        clocks = {"wall": time.perf_counter, "cpu": time.process_time}
         times = {name: [] for name in names}
         peaks = {name: [] for name in names}
         for _ in range(args.repeats):
             for name in names:  # interleaved: stock, ours, stock, ours, ...
-                times[name].append(_time(loops[name], args.steps, device, peaks[name]))
+                times[name].append(_time(loops[name], args.steps, device, peaks[name], clocks[args.clock]))
         profiles = {name: _profile(loops[name], args.profile, args.profile_rows) for name in names} if args.profile else {}
     images = args.steps * args.batch_size
     ips = {name: images / statistics.median(times[name]) for name in names}
     model = loops["stock"].model if "stock" in loops else loops["ours"].trainer.unet
     params = sum(p.numel() for p in model.parameters())
     where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f"{device}"
-    print(f"device={where} threads={torch.get_num_threads()} preset={args.preset} ({params / 1e6:.2f}M)"
+    print(f"clock={args.clock} device={where} threads={torch.get_num_threads()} preset={args.preset} ({params / 1e6:.2f}M)"
           f" resolution={args.resolution} batch={args.batch_size} precision={args.mixed_precision}")
     print(f"levers: fused_adam={args.fused_adam} ema_foreach={args.ema_foreach} channels_last={args.channels_last}"
           f" pretensorize={args.pretensorize} log_every={args.log_every} compile={args.compile}")

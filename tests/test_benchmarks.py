@@ -17,6 +17,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
         ("bench_pipeline.py", ["--repeats", "1", "--steps", "2", "--batch", "2", "--size", "8"], "time ratio"),
         ("bench_likelihood.py", ["--smoke"], "overhead beyond the network"),
         ("bench_train.py", ["--resolution", "8", "--batch_size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1"], "ratio"),
+        ("bench_train.py", ["--resolution", "8", "--batch_size", "4", "--steps", "1", "--warmup", "1", "--repeats", "1",
+                            "--clock", "cpu", "--threads", "1", "--profile", "1"], "self CPU time by bucket: convolution"),
     ],
 )
 def test_benchmark_smoke(script, args, expect, tmp_path):

@@ -176,7 +176,7 @@ def main() -> None:
     labels = {"stock": "stock diffusers loop", "ours": "ddpm-ext DDPMTrainer"}
     for name in names:
         memory = f", peak GPU memory {max(peaks[name]) / 2**30:.2f} GiB" if peaks[name] else ""
-        print(f"{labels[name]}: {ips[name]:8.1f} images/s{memory}  (runs: {[round(images / t, 1) for t in times[name]]})")
+        print(f"{labels[name]}: {ips[name]:8.4g} images/s{memory}  (runs: {[float(f'{images / t:.4g}') for t in times[name]]})")
     if len(names) == 2:
         print(f"ratio ddpm-ext / stock: {ips['ours'] / ips['stock']:.2f}x")
     for name, table in profiles.items():

@@ -372,7 +372,7 @@ def features_for(args, data: str):
     return module, f"shapes-classifier CNN features (64-d; held-out accuracy {acc:.3f})"
 
 
-def _sample(pipe, num: int, steps: int, batch_size: int, seed: int):
+def _sample(pipe, num: int, steps: int, batch_size: int, seed: int, seeds=None):
     """num images in [0, 1] [N, C, H, W] (image i drawn with seed + i), wall s, CPU s, network evaluations/image."""
     calls = {"images": 0}
     forward = pipe.unet.forward
@@ -387,12 +387,28 @@ def _sample(pipe, num: int, steps: int, batch_size: int, seed: int):
     try:
         for start in range(0, num, batch_size):
             n = min(batch_size, num - start)
-            gens = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
+            gens = [torch.Generator().manual_seed(seeds[start + i] if seeds else seed + start + i) for i in range(n)]
             images = pipe(batch_size=n, generator=gens, num_inference_steps=steps, output_type="np").images
             out.append(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
     finally:
         pipe.unet.forward = forward
     return torch.cat(out), time.perf_counter() - w0, time.process_time() - c0, calls["images"] / num
+
+
+def _sample_shard(pipe, args, steps: int):
+    """Images shard, shard + n, shard + 2n, ... of the `num_samples` (image i still drawn with seed + i)."""
+    seeds = [args.seed + i for i in range(args.shard, args.num_samples, args.num_shards)]
+    return _sample(pipe, len(seeds), steps, args.batch_size, args.seed, seeds=seeds)
+
+
+def _merge_shards(folder: str, steps: int, num_shards: int, num_samples: int):
+    """The images of `num_shards` shard files back in seed order; wall and CPU time summed over the shards."""
+    shards = [torch.load(os.path.join(folder, f"shard_{steps}_{k}of{num_shards}.pt")) for k in range(num_shards)]
+    images = torch.empty(num_samples, *shards[0]["images"].shape[1:])
+    for k, shard in enumerate(shards):
+        images[k::num_shards] = shard["images"]
+    return (images, sum(x["wall_s"] for x in shards), sum(x["cpu_s"] for x in shards),
+            shards[0]["nfe"])
 
 
 def _fd(metric, fake: torch.Tensor) -> float:
@@ -448,7 +464,16 @@ def evaluate(args) -> None:
             for steps in steps_here:
                 if str(steps) in fds and fds[str(steps)]["num_samples"] == args.num_samples:
                     continue
-                fake, wall, cpu, nfe = _sample(sampler, args.num_samples, steps, args.batch_size, args.seed)
+                if args.num_shards > 1:  # this process draws images shard, shard + n, ...; `--merge` scores them
+                    fake, wall, cpu, nfe = _sample_shard(sampler, args, steps)
+                    torch.save({"images": fake, "wall_s": wall, "cpu_s": cpu, "nfe": nfe},
+                               os.path.join(folder, f"shard_{steps}_{args.shard}of{args.num_shards}.pt"))
+                    print(f"{args.data} {recipe} {d} steps={steps}: shard {args.shard}/{args.num_shards} saved", flush=True)
+                    continue
+                if args.merge:
+                    fake, wall, cpu, nfe = _merge_shards(folder, steps, args.merge, args.num_samples)
+                else:
+                    fake, wall, cpu, nfe = _sample(sampler, args.num_samples, steps, args.batch_size, args.seed)
                 value = _fd(metric, fake)
                 g = torch.Generator().manual_seed(2)
                 boot = [_fd(metric, fake[torch.randint(0, len(fake), (len(fake),), generator=g)])
@@ -629,6 +654,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grids", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--num_shards", type=int, default=1,
+                   help="with --shard k: only draw images k, k + n, ... and save them (concurrent processes)")
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--merge", type=int, default=0, metavar="N", help="score the images of N saved shards")
     p = sub.add_parser("report")
     p.add_argument("--out", required=True)
     p.add_argument("--plot")

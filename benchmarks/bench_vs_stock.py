@@ -516,8 +516,8 @@ def _save_grid(images: torch.Tensor, path: str) -> None:
     from PIL import Image
 
     n = len(images)
-    cols = int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
     c, h, w = images.shape[1:]
     grid = torch.zeros(c, rows * h, cols * w)
     for i, im in enumerate(images):
@@ -569,13 +569,13 @@ def report(args) -> None:
             for r in rs:
                 fd = r.get("fd", {})
 
-                def cell(s):
+                def cell(s, fd=fd):
                     if str(s) not in fd:
                         return "–"
                     se = fd[str(s)].get("bootstrap_se")
                     return f"{fd[str(s)]['fd']:.2f}" + (f" ± {se:.2f}" if se else "")
 
-                def ms(s):
+                def ms(s, fd=fd):
                     return f"{fd[str(s)]['cpu_s_per_image'] * 1e3:.0f}" if str(s) in fd else "–"
 
                 bpd = r.get("bits_per_dim")

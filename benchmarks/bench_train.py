@@ -103,15 +103,15 @@ class OursLoop:
         self.trainer.train_steps(n)  # gathers and fetches the losses every `log_every` steps
 
 
-def _time(loop, steps: int, device: torch.device, peaks: list) -> float:
+def _time(loop, steps: int, device: torch.device, peaks: list, clock=time.perf_counter) -> float:
     cuda = device.type == "cuda"
     synchronize(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    start = clock()
     loop.steps(steps)
     synchronize(device)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     if cuda:
         peaks.append(torch.cuda.max_memory_allocated(device))
     return elapsed
@@ -134,7 +134,16 @@ def main() -> None:
     parser.add_argument("--log_every", type=int, default=10, help="ddpm-ext host sync every N steps (1 = every step)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--sides", default="both", choices=["both", "stock", "ours"], help="which loops to run")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the timings, profile N steps of each side with torch.profiler and print the top ops")
+    parser.add_argument("--profile_rows", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall: time.perf_counter; cpu: this process's CPU time (time.process_time), which other"
+                             " load on a shared machine disturbs less; with --threads 1 it is one core's busy time")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
@@ -148,26 +157,57 @@ def main() -> None:
             loops["ours"] = OursLoop(args, out_dir)
         for loop in loops.values():
             loop.steps(args.warmup)
+        clocks = {"wall": time.perf_counter, "cpu": time.process_time}
         times = {name: [] for name in names}
         peaks = {name: [] for name in names}
         for _ in range(args.repeats):
             for name in names:  # interleaved: stock, ours, stock, ours, ...
-                times[name].append(_time(loops[name], args.steps, device, peaks[name]))
+                times[name].append(_time(loops[name], args.steps, device, peaks[name], clocks[args.clock]))
+        profiles = {name: _profile(loops[name], args.profile, args.profile_rows) for name in names} if args.profile else {}
     images = args.steps * args.batch_size
     ips = {name: images / statistics.median(times[name]) for name in names}
     model = loops["stock"].model if "stock" in loops else loops["ours"].trainer.unet
     params = sum(p.numel() for p in model.parameters())
     where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f"{device}"
-    print(f"device={where} threads={torch.get_num_threads()} preset={args.preset} ({params / 1e6:.2f}M)"
+    print(f"clock={args.clock} device={where} threads={torch.get_num_threads()} preset={args.preset} ({params / 1e6:.2f}M)"
           f" resolution={args.resolution} batch={args.batch_size} precision={args.mixed_precision}")
     print(f"levers: fused_adam={args.fused_adam} ema_foreach={args.ema_foreach} channels_last={args.channels_last}"
           f" pretensorize={args.pretensorize} log_every={args.log_every} compile={args.compile}")
     labels = {"stock": "stock diffusers loop", "ours": "ddpm-ext DDPMTrainer"}
     for name in names:
         memory = f", peak GPU memory {max(peaks[name]) / 2**30:.2f} GiB" if peaks[name] else ""
-        print(f"{labels[name]}: {ips[name]:8.1f} images/s{memory}  (runs: {[round(images / t, 1) for t in times[name]]})")
+        print(f"{labels[name]}: {ips[name]:8.4g} images/s{memory}  (runs: {[float(f'{images / t:.4g}') for t in times[name]]})")
     if len(names) == 2:
         print(f"ratio ddpm-ext / stock: {ips['ours'] / ips['stock']:.2f}x")
+    for name, table in profiles.items():
+        print(f"\nprofile, {labels[name]}, {args.profile} steps (self CPU time, top ops):\n{table}")
+
+
+def _profile(loop, steps: int, rows: int) -> str:
+    """torch.profiler over `steps` steps: the ops with the most self CPU time, then the share of the top-level
+    forward (aten ops under `UNet2DModel`), backward and optimizer/EMA buckets (by name)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function("train_steps"):
+            loop.steps(steps)
+    averages = prof.key_averages()
+    table = averages.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
+    total = sum(e.self_cpu_time_total for e in averages)
+    buckets = {"convolution (fwd+bwd)": ("convolution", "conv"), "matmul/linear/bmm (fwd+bwd)": ("mm", "addmm", "bmm", "linear", "matmul"),
+               "group_norm (fwd+bwd)": ("group_norm",), "optimizer + EMA (fused/foreach)": ("_fused_adam", "adamw", "_foreach", "addcdiv", "lerp"),
+               "elementwise/other": ()}
+    shares = {k: 0.0 for k in buckets}
+    for e in averages:
+        key = e.key.lower()
+        for bucket, needles in buckets.items():
+            if needles and any(n in key for n in needles):
+                shares[bucket] += e.self_cpu_time_total
+                break
+        else:
+            shares["elementwise/other"] += e.self_cpu_time_total
+    summary = ", ".join(f"{k} {100 * v / total:.1f} %" for k, v in shares.items())
+    return f"{table}\nself CPU time by bucket: {summary}"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Seconds-long smoke runs of every benchmark script (the benchmarks themselves are run by hand, see RESULTS.md)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
         ("bench_pipeline.py", ["--repeats", "1", "--steps", "2", "--batch", "2", "--size", "8"], "time ratio"),
         ("bench_likelihood.py", ["--smoke"], "overhead beyond the network"),
         ("bench_train.py", ["--resolution", "8", "--batch_size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1"], "ratio"),
+        ("bench_train.py", ["--resolution", "8", "--batch_size", "4", "--steps", "1", "--warmup", "1", "--repeats", "1",
+                            "--clock", "cpu", "--threads", "1", "--profile", "1"], "self CPU time by bucket: convolution"),
     ],
 )
 def test_benchmark_smoke(script, args, expect, tmp_path):
@@ -61,3 +64,47 @@ def test_quality_claims_need_two_standard_errors_or_a_ten_percent_gap():
     by_start = {line.split(":")[0]: line for line in claims(results)}
     assert "not held (reversed)" in by_start["hybrid + learned variance beats L_simple in bits/dim (both cosine)"]
     assert by_start["learned variances keep quality at 10 steps"].endswith("— not held")
+
+
+def test_vs_stock_benchmark_smoke(tmp_path):
+    """The whole time-to-quality chain (data, both recipes side by side, snapshots, evaluation, report) at toy sizes."""
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "bench_vs_stock.py"), "smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for data in ("digits", "shapes"):
+        for recipe in ("stock", "ext"):
+            for budget in ("0.02", "0.04"):
+                folder = tmp_path / "runs" / data / recipe / f"budget_{budget}"
+                snapshot = json.loads((folder / "snapshot.json").read_text())
+                assert snapshot["cpu_s"] >= float(budget) * 60 and snapshot["steps"] >= 1
+                evaluation = json.loads((folder / "eval.json").read_text())
+                assert set(evaluation["fd"]) == {"2", "5"}
+                assert all(row["nfe_per_image"] == int(s) for s, row in evaluation["fd"].items())
+                assert evaluation["bits_per_dim"]["mean"] > 0
+        # the stock model's UNet predicts ε only; the ddpm-ext model's predicts ε and the variance interpolation
+        stock = json.loads((tmp_path / "runs" / data / "stock" / "budget_0.04" / "config.json").read_text())
+        ext = json.loads((tmp_path / "runs" / data / "ext" / "budget_0.04" / "config.json").read_text())
+        assert ext["out_channels"] == 2 * stock["out_channels"]
+        assert {k: v for k, v in ext.items() if k not in ("out_channels", "_diffusers_version")} == {
+            k: v for k, v in stock.items() if k not in ("out_channels", "_diffusers_version")}
+    assert (tmp_path / "vs_stock.png").is_file()
+    assert "| stock | 0.04 |" in (tmp_path / "table.md").read_text()
+
+
+def test_vs_stock_time_to_quality_crossing():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_vs_stock import crossing, draw_shapes
+    finally:
+        sys.path.remove(str(BENCH))
+    points = [(2, 40.0), (5, 20.0), (10, 10.0)]
+    assert crossing(points, 20.0) == 5
+    assert crossing(points, 15.0) == 7.5  # linear between the 5- and 10-minute budgets
+    assert crossing(points, 50.0) == 2
+    assert crossing(points, 5.0) is None
+    a, labels = draw_shapes(6, 32, seed=0)
+    b, _ = draw_shapes(6, 32, seed=0)
+    assert a.shape == (6, 32, 32, 3) and a.dtype.name == "uint8" and (a == b).all()
+    assert labels.min() >= 0 and labels.max() < 18

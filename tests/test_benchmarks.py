@@ -70,7 +70,7 @@ def test_vs_stock_benchmark_smoke(tmp_path):
     """The whole time-to-quality chain (data, both recipes side by side, snapshots, evaluation, report) at toy sizes."""
     result = subprocess.run(
         [sys.executable, str(BENCH / "bench_vs_stock.py"), "smoke", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=1200,
+        capture_output=True, text=True, timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for data in ("digits", "shapes"):

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a small model on the embedded digits, sample, evaluate, save", epilog=EPILOG["demo"], **kw)
     demo.add_argument("--output-dir", default="ddpm-ext-demo", help="where the run goes (default: %(default)s)")
-    demo.add_argument("--max-train-steps", type=int, default=250, help="training steps (default: %(default)s)")
+    demo.add_argument("--max-train-steps", type=int, default=200, help="training steps (default: %(default)s)")
     demo.add_argument("--train-timesteps", type=int, default=1000, help="diffusion steps T (default: %(default)s)")
     demo.add_argument("--nll-images", type=int, default=16, help="held-out digits for bits/dim, of 180 (default: %(default)s)")
     demo.add_argument("--resolution", type=int, default=16, help="image size (default: %(default)s)")
@@ -194,6 +194,8 @@ def _evaluate(args, extra) -> int:
     from .evaluation import evaluate_pipeline, plot_evaluation, reference_digits
 
     steps = _parse_steps(args.steps)
+    if os.environ.get("DDPM_EXT_MAX_TRAIN_STEPS"):  # test hook (tests/test_readme.py): a smoke run, not an option
+        args.num_samples, args.nll_images = min(args.num_samples, 4), min(args.nll_images, 2)
     pipe = _load(args.model, _device(args.device))
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size

@@ -197,7 +197,7 @@ def _profile(loop, steps: int, rows: int) -> str:
     buckets = {"convolution (fwd+bwd)": ("convolution", "conv"), "matmul/linear/bmm (fwd+bwd)": ("mm", "addmm", "bmm", "linear", "matmul"),
                "group_norm (fwd+bwd)": ("group_norm",), "optimizer + EMA (fused/foreach)": ("_fused_adam", "adamw", "_foreach", "addcdiv", "lerp"),
                "elementwise/other": ()}
-    shares = {k: 0.0 for k in buckets}
+    shares = dict.fromkeys(buckets, 0.0)
     for e in averages:
         key = e.key.lower()
         for bucket, needles in buckets.items():

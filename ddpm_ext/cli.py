@@ -42,12 +42,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a small model on the embedded digits, sample, evaluate, save", epilog=EPILOG["demo"], **kw)
     demo.add_argument("--output-dir", default="ddpm-ext-demo", help="where the run goes (default: %(default)s)")
-    demo.add_argument("--max-train-steps", type=int, default=600, help="training steps (default: %(default)s)")
+    demo.add_argument("--max-train-steps", type=int, default=200, help="training steps (default: %(default)s)")
     demo.add_argument("--train-timesteps", type=int, default=1000, help="diffusion steps T (default: %(default)s)")
-    demo.add_argument("--nll-images", type=int, default=40, help="held-out digits for bits/dim, of 180 (default: %(default)s)")
+    demo.add_argument("--nll-images", type=int, default=16, help="held-out digits for bits/dim, of 180 (default: %(default)s)")
     demo.add_argument("--resolution", type=int, default=16, help="image size (default: %(default)s)")
     demo.add_argument("--num-samples", type=int, default=256, help="images for the Fréchet distance (default: %(default)s)")
-    demo.add_argument("--steps", type=int, default=50, help="sampling steps (default: %(default)s)")
+    demo.add_argument("--steps", type=int, default=25, help="sampling steps (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
 
     train = sub.add_parser(
@@ -217,6 +217,8 @@ def _evaluate(args, extra) -> int:
     from .evaluation import evaluate_pipeline, plot_evaluation, reference_digits
 
     steps = _parse_steps(args.steps)
+    if os.environ.get("DDPM_EXT_MAX_TRAIN_STEPS"):  # test hook (tests/test_readme.py): a smoke run, not an option
+        args.num_samples, args.nll_images = min(args.num_samples, 4), min(args.nll_images, 2)
     pipe = _load(args.model, _device(args.device))
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size
@@ -234,7 +236,7 @@ def _evaluate(args, extra) -> int:
     print(f"evaluating {args.model}: {args.num_samples} samples per step count, {args.features} features", flush=True)
     results = evaluate_pipeline(
         pipe, real, steps, args.num_samples, features=args.features, batch_size=args.batch_size, seed=args.seed,
-        eta=args.eta, nll_images=nll_images,
+        eta=args.eta, nll_images=nll_images, progress=True,
     )
     results["model"] = args.model
     out_dir = args.out or (os.path.join(args.model, "evaluation") if os.path.isdir(args.model) else "evaluation")
@@ -347,6 +349,11 @@ def _demo(args, extra) -> int:
 
     started = time.perf_counter()
     out = args.output_dir
+    cap = os.environ.get("DDPM_EXT_MAX_TRAIN_STEPS")
+    if cap:  # test hook (tests/test_readme.py): a smoke run of every stage, not a product option
+        args.max_train_steps = min(args.max_train_steps, int(cap))
+        args.num_samples = min(args.num_samples, 16)
+        args.nll_images = min(args.nll_images, 2)
     config = TrainingConfig(
         output_dir=out,
         resolution=args.resolution,
@@ -378,10 +385,10 @@ def _demo(args, extra) -> int:
         return 128 + int(result.interrupted_by)
     trained = time.perf_counter()
     pipe = _from_pretrained(out)
-    pipe.set_progress_bar_config(disable=True)
     steps = min(args.steps, args.train_timesteps)
     print(f"[2/4] sampling {args.num_samples} images with {steps} steps", flush=True)
-    images = sample_images(pipe, args.num_samples, steps, seed=args.seed)
+    images = sample_images(pipe, args.num_samples, steps, seed=args.seed, progress=True)
+    sampled = time.perf_counter()
     grid = save_image_grid(images[:64], os.path.join(out, "demo_samples.png"))
     print("[3/4] Fréchet distance (digits-classifier features) against the 1,797 real digits", flush=True)
     fd = frechet_distance(reference_digits(args.resolution), images, float_range="[0,1]")
@@ -395,6 +402,8 @@ def _demo(args, extra) -> int:
     summary = {
         "train_steps": result.global_step,
         "train_seconds": trained - started,
+        "sampling_seconds": sampled - trained,
+        "bits_per_dim_seconds": time.perf_counter() - sampled,
         "total_seconds": total,
         "frechet_distance": fd,
         "frechet_distance_real_train_vs_test": fd_real,
@@ -414,7 +423,7 @@ def _demo(args, extra) -> int:
     files = "\n".join(f"  {path:<{width}}  {what}" for path, what in rows)
     print(
         f"""
-done in {total / 60:.1f} min (training {summary['train_seconds'] / 60:.1f} min)
+done in {total / 60:.1f} min (training {summary['train_seconds']:.0f} s, sampling {summary['sampling_seconds']:.0f} s, Fréchet distance and bits/dim {summary['bits_per_dim_seconds']:.0f} s)
   Fréchet distance, {args.num_samples} samples at {steps} steps: {fd:.2f}   (real train vs real held-out: {fd_real:.2f})
   bits/dim on held-out digits: {summary['bits_per_dim']:.3f} ± {summary['bits_per_dim_stderr']:.3f}
 
@@ -427,7 +436,7 @@ load it:
   # or, with plain diffusers:
   from diffusers import DiffusionPipeline
   pipe = DiffusionPipeline.from_pretrained("{out}", trust_remote_code=True)
-  images = pipe(batch_size=16, num_inference_steps=50).images
+  images = pipe(batch_size=16, num_inference_steps=25).images
 """
     )
     return 0

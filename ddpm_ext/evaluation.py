@@ -473,17 +473,41 @@ def reference_digits(resolution: int, channels: int = 1, split: str = "all", see
 
 
 def sample_images(
-    pipe, num_samples: int, steps: int, batch_size: int = 64, seed: int = 0, eta: Optional[float] = None
+    pipe,
+    num_samples: int,
+    steps: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    eta: Optional[float] = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """`num_samples` images in [0, 1] `[N, C, H, W]`; image i uses generator seed `seed + i`, so any batch size
-    gives the same images."""
+    gives the same images. `progress=True` shows one bar over all batches' denoising steps (on stderr) instead of
+    the pipeline's bar per batch."""
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples!r} must be >= 1")
+    bar = None
+    saved_config = dict(getattr(pipe, "_progress_bar_config", {}))
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = math.ceil(num_samples / batch_size)
+        bar = tqdm(total=batches * steps, desc=f"sampling {num_samples} images, {steps} steps", unit="step")
+        pipe.set_progress_bar_config(disable=True)
     out = []
-    for start in range(0, num_samples, batch_size):
-        n = min(batch_size, num_samples - start)
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
-        out.append(pipe(batch_size=n, generator=generators, num_inference_steps=steps, eta=eta, output_type="pt").images.cpu())
+    try:
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
+            kwargs = {} if bar is None else {"callback_on_step_end": lambda *_: bar.update(1) and None}
+            out.append(
+                pipe(batch_size=n, generator=generators, num_inference_steps=steps, eta=eta, output_type="pt", **kwargs)
+                .images.cpu()
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+            pipe._progress_bar_config = saved_config
     return torch.cat(out)
 
 
@@ -498,6 +522,7 @@ def evaluate_pipeline(
     eta: Optional[float] = None,
     nll_images: Optional[torch.Tensor] = None,
     nll_timestep_batch_size: int = 8,
+    progress: bool = False,
 ) -> dict:
     """Sample quality at each step count (Fréchet distance against `real`, with sampling time) and, optionally,
     the bits/dim bound on `nll_images`.
@@ -513,6 +538,8 @@ def evaluate_pipeline(
         eta (`float`, *optional*): DDIM η; `None` samples ancestrally.
         nll_images (`torch.Tensor`, *optional*): uint8 images for bits/dim.
         nll_timestep_batch_size (`int`, defaults to 8): timesteps per network call for bits/dim.
+        progress (`bool`, defaults to `False`): a progress bar (stderr) for each step count's sampling and for
+            bits/dim.
 
     Returns:
         `dict`: {"steps": [{"steps", "frechet_distance", "seconds", "seconds_per_image"}...],
@@ -531,7 +558,7 @@ def evaluate_pipeline(
     rows = []
     for s in steps:
         start = time.perf_counter()
-        fake = sample_images(pipe, num_samples, s, batch_size=batch_size, seed=seed, eta=eta)
+        fake = sample_images(pipe, num_samples, s, batch_size=batch_size, seed=seed, eta=eta, progress=progress)
         seconds = time.perf_counter() - start
         metric.reset()
         for b in range(0, len(fake), 256):
@@ -541,9 +568,15 @@ def evaluate_pipeline(
         )
     nll = None
     if nll_images is not None:
-        bpd = pipe.bits_per_dim(
-            nll_images, generator=torch.Generator().manual_seed(seed), timestep_batch_size=nll_timestep_batch_size
-        )
+        saved_config = dict(getattr(pipe, "_progress_bar_config", {}))
+        if progress:  # the pipeline's own bar over its network calls
+            pipe.set_progress_bar_config(disable=False, desc=f"bits/dim on {len(nll_images)} images, {T} terms")
+        try:
+            bpd = pipe.bits_per_dim(
+                nll_images, generator=torch.Generator().manual_seed(seed), timestep_batch_size=nll_timestep_batch_size
+            )
+        finally:
+            pipe._progress_bar_config = saved_config
         nll = {
             "mean": float(bpd.mean()),
             "stderr": float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan"),

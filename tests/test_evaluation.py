@@ -156,3 +156,31 @@ def test_inception_features_shape_when_weights_installed():
         pytest.skip(str(err))
     features = extractor(torch.rand(2, 1, 16, 16))
     assert features.shape == (2, 2048) and torch.isfinite(features).all()
+
+
+def test_evaluation_shows_a_progress_bar_per_step_count_and_for_bits_per_dim(capsys):
+    """`ddpm-ext evaluate --nll` ran silently for half an hour (issue 18): each step count's sampling and the
+    bits/dim pass now draw a bar (stderr) whose total is the work to do, and the images are unchanged by it."""
+    from _models import tiny_unet
+
+    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
+    from ddpm_ext.evaluation import evaluate_pipeline, sample_images
+
+    pipe = DDPMExtPipeline(tiny_unet(3, 6), DDPMExtScheduler(num_train_timesteps=20, variance_type="learned_range"))
+    pipe.set_progress_bar_config(disable=True)
+    real = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)  # _Projection takes 3 × 8 × 8
+    nll = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    capsys.readouterr()
+    results = evaluate_pipeline(
+        pipe, real, [2, 5], 3, features=_Projection(), batch_size=2, nll_images=nll, nll_timestep_batch_size=5,
+        progress=True,
+    )
+    err = capsys.readouterr().err
+    assert "sampling 3 images, 2 steps" in err and "4/4" in err  # 2 batches × 2 steps
+    assert "sampling 3 images, 5 steps" in err and "10/10" in err
+    assert "bits/dim on 2 images, 20 terms" in err and "4/4" in err.split("bits/dim")[-1]  # 20 terms / 5 per call
+    assert results["bits_per_dim"]["num_images"] == 2
+    assert pipe._progress_bar_config == {"disable": True}  # the caller's setting is restored
+    quiet = sample_images(pipe, 3, 2, batch_size=2)
+    assert capsys.readouterr().err == ""
+    assert torch.equal(quiet, sample_images(pipe, 3, 2, batch_size=2, progress=True))

@@ -135,22 +135,48 @@ class DDPMExtPipeline(DDPMPipeline):
         device = self._execution_device
         dtype = self.unet.dtype
 
-        self.scheduler.set_timesteps(num_inference_steps)
-        timesteps = [int(t) for t in self.scheduler.timesteps]
+        scheduler = self.scheduler
+        if not hasattr(scheduler, "alphas_cumprod"):
+            # EDM-style schedulers (EDMEulerScheduler, ...) bring their own σ range and output preconditioning and
+            # never read this model's β schedule: refuse rather than sample noise-shaped garbage
+            raise ValueError(
+                f"{type(scheduler).__name__} does not use this model's noise schedule (it has no alphas_cumprod), so"
+                " it cannot sample from it; schedulers that work: DDPMExtScheduler, DDPMScheduler, DDIMScheduler,"
+                " PNDMScheduler, LMSDiscreteScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,"
+                " HeunDiscreteScheduler, KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler,"
+                " DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, DEISMultistepScheduler,"
+                " UniPCMultistepScheduler (e.g. pipe.scheduler = DPMSolverMultistepScheduler.from_config(...))"
+            )
+        if "device" in inspect.signature(scheduler.set_timesteps).parameters:
+            scheduler.set_timesteps(num_inference_steps, device=device)
+        else:
+            scheduler.set_timesteps(num_inference_steps)
+        # DDPM-family schedulers step on integer timesteps, passed as plain ints (no per-step host sync); the
+        # σ-based ones (Euler, Heun, LMS, KDPM2) step on their own float timesteps, which they look up by value
+        integer_steps = not scheduler.timesteps.is_floating_point()
+        timesteps = [int(t) for t in scheduler.timesteps] if integer_steps else list(scheduler.timesteps)
         self._num_timesteps = len(timesteps)
-        # one host-to-device copy for the whole loop; the scheduler gets plain ints (no per-step host sync)
-        timesteps_device = torch.tensor(timesteps, device=device, dtype=torch.long)
-        pass_full_output = _scheduler_learns_variance(self.scheduler)
-        step_kwargs = {"generator": generator}
+        # one host-to-device copy for the whole loop
+        timesteps_device = (
+            torch.tensor(timesteps, device=device, dtype=torch.long) if integer_steps else scheduler.timesteps.to(device)
+        )
+        # the variance channels go to schedulers that sample with them (DDPMExtScheduler, DDPMScheduler); the
+        # DPM-Solver family takes variance_type only to cut them off itself (as RGB: [:, :3]), so they get the mean
+        pass_full_output = _scheduler_learns_variance(scheduler) and not hasattr(scheduler, "convert_model_output")
+        step_parameters = inspect.signature(scheduler.step).parameters
+        step_kwargs = {"generator": generator} if "generator" in step_parameters else {}
         if eta is not None:
             step_kwargs["eta"] = eta
 
         image = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        if scheduler.init_noise_sigma != 1:  # σ-based schedulers start from N(0, σ_max² I)
+            image = image * scheduler.init_noise_sigma
         for i, t in enumerate(self.progress_bar(timesteps)):
-            model_output = self.unet(image, timesteps_device[i]).sample
+            model_input = scheduler.scale_model_input(image, t)
+            model_output = self.unet(model_input, timesteps_device[i]).sample
             if model_output.shape[1] != channels and not pass_full_output:
                 model_output = model_output[:, :channels]  # a scheduler without learned variance: drop it
-            image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
+            image = scheduler.step(model_output, t, image, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 local = {"latents": image, "image": image, "model_output": model_output}
                 callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}

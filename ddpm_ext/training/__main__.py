@@ -28,6 +28,7 @@ def _main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     if prog:
         parser.prog = prog
     args = parser.parse_args(argv)
+    _shorten_for_tests(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     refused = unconnected_copies_error()
     if refused is not None:
@@ -66,6 +67,17 @@ def _main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     if result.push_error is not None:
         return 1
     return 0
+
+
+def _shorten_for_tests(args) -> None:
+    """Test hook (tests/test_readme.py runs the README's commands as written): DDPM_EXT_MAX_TRAIN_STEPS=N caps the
+    run at N optimizer steps and its sample grids at N sampling steps. Not a product option; unset, nothing changes."""
+    import os
+
+    cap = os.environ.get("DDPM_EXT_MAX_TRAIN_STEPS")
+    if cap:
+        args.max_train_steps = min(int(cap), args.max_train_steps or int(cap))
+        args.ddpm_num_inference_steps = min(int(cap), args.ddpm_num_inference_steps)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,14 @@ EPILOG = {
         "  ddpm-ext train --launcher-args '--multi_gpu --num_processes 2' --mixed_precision bf16 ...\n"
         "  ddpm-ext train --help-training        # every training flag"
     ),
-    "sample": "example:\n  ddpm-ext sample --model ddpm-ext-demo --num 16 --steps 50 --eta 0 --out grid.png",
+    "sample": (
+        "examples:\n"
+        "  ddpm-ext sample --model ddpm-ext-demo --num 16 --steps 50 --eta 0 --out grid.png\n"
+        "  ddpm-ext sample --model ddpm-ext-demo --class 7 --guidance-scale 3 --out sevens.png   # class-conditional"
+    ),
     "evaluate": (
-        "example:\n  ddpm-ext evaluate --model ddpm-ext-demo --num-samples 256 --steps 10,25,50,100,1000 --nll"
+        "examples:\n  ddpm-ext evaluate --model ddpm-ext-demo --num-samples 256 --steps 10,25,50,100,1000 --nll\n"
+        "  ddpm-ext evaluate --model ddpm-ext-demo --steps 50 --guidance-scales 0,1,2,3,5   # class-conditional"
     ),
     "publish": "example:\n  ddpm-ext publish ddpm-digits --repo-id your-name/ddpm-digits --private",
 }
@@ -64,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--eta", type=float, default=None, help="DDIM η (0 deterministic, 1 ancestral); default: ancestral DDPM")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="grid.png", help="output PNG (default: %(default)s)")
+    sample.add_argument(
+        "--class", dest="classes", default=None,
+        help="class-conditional models: class names or ids, comma-separated (7 or 3,7), or 'all' for one row per class"
+        " (the default for a class-conditional model); with several classes --num is images per class",
+    )
+    sample.add_argument(
+        "--guidance-scale", type=float, default=None,
+        help="classifier-free guidance s: 0 unconditional, 1 plain conditional, > 1 stronger (default: the pipeline's, 3)",
+    )
     sample.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
 
     evaluate = sub.add_parser("evaluate", help="Fréchet distance per step count, bits/dim", epilog=EPILOG["evaluate"], **kw)
@@ -75,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--features", default="digits", help="digits | inception | dinov2:<name or path> (default: %(default)s)")
     evaluate.add_argument("--real", default=None, help="reference images: a datasets name or image folder (default: the embedded digits)")
     evaluate.add_argument("--eta", type=float, default=None)
+    evaluate.add_argument(
+        "--guidance-scales", default=None,
+        help="class-conditional digits models: comma-separated guidance scales for the class-accuracy / Fréchet distance"
+        " table (default for such a model: 0,1,2,3,5)",
+    )
+    evaluate.add_argument("--guidance-steps", type=int, default=50, help="sampling steps of the guidance table (default: %(default)s)")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", default=None, help="output folder for results.json and the plot (default: <model>/evaluation)")
@@ -195,10 +215,48 @@ def _sample(args, extra) -> int:
         raise ValueError(f"--num must be >= 1, got {args.num}")
     _check_image_path("--out", args.out)
     pipe = _load(args.model, _device(args.device))
-    pipe.set_progress_bar_config(desc=f"sampling {args.num} images, {args.steps} steps")
-    images = sample_images(pipe, args.num, args.steps, batch_size=min(args.num, 64), seed=args.seed, eta=args.eta)
-    print(f"wrote {save_image_grid(images, args.out)} ({args.num} images, {args.steps} steps)")
+    classes = _class_ids(pipe, args.classes, args.guidance_scale)
+    if classes is None:
+        pipe.set_progress_bar_config(desc=f"sampling {args.num} images, {args.steps} steps")
+        images = sample_images(pipe, args.num, args.steps, batch_size=min(args.num, 64), seed=args.seed, eta=args.eta)
+        print(f"wrote {save_image_grid(images, args.out)} ({args.num} images, {args.steps} steps)")
+        return 0
+    import torch
+
+    labels = torch.tensor(classes).repeat_interleave(args.num)  # row k: --num images of the k-th class
+    pipe.set_progress_bar_config(desc=f"sampling {len(labels)} images, {args.steps} steps")
+    images = sample_images(pipe, len(labels), args.steps, batch_size=min(len(labels), 64), seed=args.seed,
+                           eta=args.eta, class_labels=labels, guidance_scale=args.guidance_scale)
+    scale = pipe.guidance_scale
+    path = save_image_grid(images, args.out, columns=args.num if len(classes) > 1 else None)
+    names = ", ".join(pipe.id2label[c] for c in classes)
+    rows = f", one row per class ({names})" if len(classes) > 1 else f" of class {names}"
+    print(f"wrote {path} ({len(labels)} images{rows}, {args.steps} steps, guidance scale {scale:g})")
     return 0
+
+
+def _class_ids(pipe, classes: Optional[str], guidance_scale: Optional[float]) -> Optional[List[int]]:
+    """The class ids `--class` names (names first, then ids; 'all' or unset: every class of a class-conditional
+    model), or None for an unconditional model."""
+    if not pipe.num_classes:
+        if classes is not None or guidance_scale is not None:
+            flag = "--class" if classes is not None else "--guidance-scale"
+            raise ValueError(f"{flag} needs a class-conditional model; this one is unconditional (no classes)")
+        return None
+    if classes is None or classes.strip() == "all":
+        return list(range(pipe.num_classes))
+    ids = []
+    for item in (c.strip() for c in classes.split(",")):
+        if item in pipe.labels:
+            ids.append(pipe.labels[item])
+        elif item.lstrip("-").isdigit() and 0 <= int(item) < pipe.num_classes:
+            ids.append(int(item))
+        else:
+            raise ValueError(
+                f"--class {item!r} is not a class of this model; allowed: 'all', a name of {list(pipe.labels)} or an"
+                f" id 0..{pipe.num_classes - 1}"
+            )
+    return ids
 
 
 def _parse_steps(text: str) -> List[int]:
@@ -211,16 +269,33 @@ def _parse_steps(text: str) -> List[int]:
     return steps
 
 
+def _parse_scales(text: str) -> List[float]:
+    try:
+        scales = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--guidance-scales must be comma-separated numbers, got {text!r}") from None
+    if not scales or any(not 0 <= s < float("inf") for s in scales):
+        raise ValueError(f"--guidance-scales must be finite numbers >= 0, got {text!r}")
+    return scales
+
+
 def _evaluate(args, extra) -> int:
     import torch
 
     from .evaluation import evaluate_pipeline, plot_evaluation, reference_digits
 
     steps = _parse_steps(args.steps)
+    scales = _parse_scales(args.guidance_scales) if args.guidance_scales is not None else None
+    if args.guidance_steps < 1:
+        raise ValueError(f"--guidance-steps must be >= 1, got {args.guidance_steps}")
     if os.environ.get("DDPM_EXT_MAX_TRAIN_STEPS"):  # test hook (tests/test_readme.py): a smoke run, not an option
         args.num_samples, args.nll_images = min(args.num_samples, 4), min(args.nll_images, 2)
     pipe = _load(args.model, _device(args.device))
     pipe.set_progress_bar_config(disable=True)
+    if scales is not None and not pipe.num_classes:
+        raise ValueError("--guidance-scales needs a class-conditional model; this one is unconditional (no classes)")
+    if scales is None and pipe.num_classes:
+        scales = [0.0, 1.0, 2.0, 3.0, 5.0]
     size = pipe.unet.config.sample_size
     channels = pipe.unet.config.in_channels
     if args.real is None:
@@ -241,6 +316,21 @@ def _evaluate(args, extra) -> int:
     results["model"] = args.model
     out_dir = args.out or (os.path.join(args.model, "evaluation") if os.path.isdir(args.model) else "evaluation")
     os.makedirs(out_dir, exist_ok=True)
+    if scales:
+        from .evaluation import evaluate_guidance, plot_guidance
+
+        print(f"guidance: {args.num_samples} class-balanced samples per scale, {args.guidance_steps} steps", flush=True)
+        guided = evaluate_guidance(pipe, real, scales, args.num_samples, steps=args.guidance_steps,
+                                   features=args.features, batch_size=args.batch_size, seed=args.seed, eta=args.eta,
+                                   progress=True)
+        results["guidance"] = guided
+        print(f"| guidance scale | class accuracy | Fréchet distance |   (the classifier on real held-out digits:"
+              f" {100 * guided['real_accuracy']:.1f} %)")
+        print("| ---: | ---: | ---: |")
+        for row in guided["guidance"]:
+            print(f"| {row['guidance_scale']:g} | {100 * row['class_accuracy']:.1f} % | {row['frechet_distance']:.3f} |")
+        plot = plot_guidance(guided, os.path.join(out_dir, "guidance.png"), title=os.path.basename(args.model.rstrip("/")))
+        print(f"wrote {plot}")
     print("| steps | Fréchet distance | sampling s | s / image |")
     print("| ---: | ---: | ---: | ---: |")
     for row in results["steps"]:

@@ -36,6 +36,9 @@ __all__ = [
     "build_fid_metric",
     "images_to_unit_float",
     "frechet_distance",
+    "classify_digits",
+    "evaluate_guidance",
+    "plot_guidance",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -480,12 +483,18 @@ def sample_images(
     seed: int = 0,
     eta: Optional[float] = None,
     progress: bool = False,
+    class_labels: Optional[torch.Tensor] = None,
+    guidance_scale: Optional[float] = None,
 ) -> torch.Tensor:
     """`num_samples` images in [0, 1] `[N, C, H, W]`; image i uses generator seed `seed + i`, so any batch size
     gives the same images. `progress=True` shows one bar over all batches' denoising steps (on stderr) instead of
-    the pipeline's bar per batch."""
+    the pipeline's bar per batch. A class-conditional model takes `class_labels` (one id per image, a LongTensor
+    [num_samples]) and `guidance_scale` (see `DDPMExtPipeline.__call__`)."""
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples!r} must be >= 1")
+    if class_labels is not None and (not isinstance(class_labels, torch.Tensor) or class_labels.shape != (num_samples,)):
+        raise ValueError(f"class_labels must be a tensor of {num_samples} class ids, one per image, got {class_labels!r}")
+    conditioning = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     bar = None
     saved_config = dict(getattr(pipe, "_progress_bar_config", {}))
     if progress:
@@ -500,6 +509,9 @@ def sample_images(
             n = min(batch_size, num_samples - start)
             generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
             kwargs = {} if bar is None else {"callback_on_step_end": lambda *_: bar.update(1) and None}
+            if class_labels is not None:
+                kwargs["class_labels"] = class_labels[start : start + n]
+            kwargs.update(conditioning)
             out.append(
                 pipe(batch_size=n, generator=generators, num_inference_steps=steps, eta=eta, output_type="pt", **kwargs)
                 .images.cpu()
@@ -590,6 +602,129 @@ def evaluate_pipeline(
         "steps": rows,
         "bits_per_dim": nll,
     }
+
+
+def digit_of_each_class(pipe) -> torch.Tensor:
+    """The digit (0..9) each class id of a class-conditional digits model stands for, from its class names; a model
+    whose names are not the digits is a `ValueError` (class accuracy needs the digits classifier's classes)."""
+    names = [pipe.id2label[i] for i in range(pipe.num_classes)] if getattr(pipe, "num_classes", 0) else []
+    if not names:
+        raise ValueError("class accuracy needs a class-conditional model; this one is unconditional")
+    if not all(name.strip().isdigit() and 0 <= int(name) <= 9 for name in names):
+        raise ValueError(f"class accuracy needs a digits model whose class names are the digits 0..9, got {names}")
+    return torch.tensor([int(name) for name in names])
+
+
+def classify_digits(images: torch.Tensor, classifier: Optional[nn.Module] = None) -> torch.Tensor:
+    """The digit (0..9) the independent digits classifier (`DigitsClassifierFeatures`, a CNN trained on the train
+    split of the 8×8 digits, separately from any generative model) sees in each float [0, 1] image [N, C, H, W]."""
+    classifier = classifier or DigitsClassifierFeatures()
+    return torch.cat([classifier.logits(images[b : b + 512]).argmax(dim=1) for b in range(0, len(images), 512)])
+
+
+def evaluate_guidance(
+    pipe,
+    real: torch.Tensor,
+    guidance_scales: Sequence[float],
+    num_samples: int,
+    steps: int = 50,
+    features: Union[str, nn.Module] = "digits",
+    batch_size: int = 64,
+    seed: int = 0,
+    eta: Optional[float] = None,
+    progress: bool = False,
+) -> dict:
+    """Classifier-free guidance's fidelity / diversity trade-off on a class-conditional digits model: at each
+    guidance scale, `num_samples` class-balanced samples (image i is class `i mod K`, seed `seed + i`, the same noise
+    at every scale), their class accuracy under the independent digits classifier (`classify_digits`) and their
+    Fréchet distance against `real`.
+
+    Returns:
+        `dict`: {"guidance": [{"guidance_scale", "class_accuracy", "per_class_accuracy", "frechet_distance",
+        "seconds"}...], "real_accuracy": the classifier's accuracy on the real held-out digits, and the settings}.
+    """
+    import time
+
+    digits = digit_of_each_class(pipe)
+    bad = [g for g in guidance_scales if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g < math.inf]
+    if bad or not guidance_scales:
+        raise ValueError(f"guidance scales must be finite numbers >= 0, got {list(guidance_scales)}")
+    K = pipe.num_classes
+    labels = torch.arange(num_samples) % K
+    classifier = DigitsClassifierFeatures()
+    metric = build_fid_metric(features)
+    real_unit = images_to_unit_float(real)
+    for start in range(0, len(real_unit), 256):
+        metric.update(real_unit[start : start + 256], real=True)
+    held_out = images_to_unit_float(reference_digits(real.shape[-1], real.shape[1], split="test"))
+    _, test_idx = split_indices(1797, 0.1, 0)
+    true_digits = DigitsClassifierFeatures.digits_tensors()[1][torch.from_numpy(test_idx)]
+    real_accuracy = float((classify_digits(held_out, classifier) == true_digits).float().mean())
+    rows = []
+    for scale in guidance_scales:
+        start = time.perf_counter()
+        fake = sample_images(pipe, num_samples, steps, batch_size=batch_size, seed=seed, eta=eta, progress=progress,
+                             class_labels=labels, guidance_scale=float(scale))
+        seconds = time.perf_counter() - start
+        correct = classify_digits(fake, classifier) == digits[labels]
+        metric.reset()
+        for b in range(0, len(fake), 256):
+            metric.update(fake[b : b + 256], real=False)
+        rows.append({
+            "guidance_scale": float(scale),
+            "class_accuracy": float(correct.float().mean()),
+            "per_class_accuracy": {pipe.id2label[k]: float(correct[labels == k].float().mean()) for k in range(K)
+                                   if bool((labels == k).any())},
+            "frechet_distance": float(metric.compute()),
+            "seconds": seconds,
+        })
+    return {
+        "num_samples": num_samples,
+        "steps": steps,
+        "features": features if isinstance(features, str) else type(features).__name__,
+        "eta": eta,
+        "seed": seed,
+        "real_accuracy": real_accuracy,
+        "guidance": rows,
+    }
+
+
+def plot_guidance(results: dict, path: str, title: str = "", unconditional_fd: Optional[float] = None) -> str:
+    """The guidance trade-off as a PNG at `path`: class accuracy and Fréchet distance against the guidance scale
+    (left), and Fréchet distance against accuracy, one point per scale (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["guidance"]
+    scales = [r["guidance_scale"] for r in rows]
+    accuracy = [100 * r["class_accuracy"] for r in rows]
+    fd = [r["frechet_distance"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    left.plot(scales, accuracy, "o-", color="tab:blue", label="class accuracy (%)")
+    left.set_xlabel("guidance scale s")
+    left.set_ylabel("class accuracy (%)", color="tab:blue")
+    twin = left.twinx()
+    twin.plot(scales, fd, "s--", color="tab:red", label="Fréchet distance")
+    twin.set_ylabel(f"Fréchet distance ({results['features']} features)", color="tab:red")
+    if unconditional_fd is not None:
+        twin.axhline(unconditional_fd, color="gray", linestyle=":", label="unconditional model")
+    right.plot(accuracy, fd, "o-", color="black")
+    for s, a, f in zip(scales, accuracy, fd):
+        right.annotate(f"s={s:g}", (a, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if unconditional_fd is not None:
+        right.axhline(unconditional_fd, color="gray", linestyle=":", label="unconditional model, same budget")
+        right.legend(loc="best", fontsize=8)
+    right.set_xlabel("class accuracy (%)")
+    right.set_ylabel("Fréchet distance")
+    right.set_title("fidelity / diversity trade-off")
+    if title:
+        left.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot_evaluation(results: dict, path: str, title: str = "") -> str:

@@ -11,9 +11,11 @@ def tiny_unet(
     seed: int = 0,
     block_out_channels: tuple = (8, 16),
     norm_num_groups: int = 4,
+    num_class_embeds: int = None,
 ) -> UNet2DModel:
     """A ~20k-parameter UNet2DModel (two down and two up blocks, one layer each), initialised from `seed`;
-    out_channels defaults to in_channels (2 × for learned variances)."""
+    out_channels defaults to in_channels (2 × for learned variances); `num_class_embeds` makes it class-conditional
+    (classes + the null class)."""
     torch.manual_seed(seed)
     return UNet2DModel(
         sample_size=sample_size,
@@ -24,4 +26,5 @@ def tiny_unet(
         down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=norm_num_groups,
+        num_class_embeds=num_class_embeds,
     )

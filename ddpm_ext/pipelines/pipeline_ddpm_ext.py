@@ -34,6 +34,8 @@ PIPELINE_MODULE = "pipeline_ddpm_ext"
 SCHEDULER_MODULE = "scheduling_ddpm_ext"
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+# the guidance scale a class-conditional model samples with when `guidance_scale` is not given
+DEFAULT_GUIDANCE_SCALE = 3.0
 # what a published model consists of, for every push path (`save_pretrained(push_to_hub=True)`, `push_to_hub`,
 # `ddpm_ext.hub.push_output_dir`): the pipeline, the model card and the sample grid; checkpoints, optimizer and RNG
 # states, logs, metrics and anything else in a training folder stay local
@@ -69,12 +71,19 @@ class BitsPerDimOutput(BaseOutput):
 
 class DDPMExtPipeline(DDPMPipeline):
     """
-    Unconditional image generation with a DDPM / Improved-DDPM `UNet2DModel`, plus the model's likelihood.
+    Image generation with a DDPM / Improved-DDPM `UNet2DModel`, unconditional or class-conditional with
+    classifier-free guidance, plus the model's likelihood.
+
+    A class-conditional model is a `UNet2DModel` with `num_class_embeds = K + 1`: ids `0..K-1` are its classes and
+    id `K` is the learned null class (the label dropped during training, Ho & Salimans 2022), which guidance and
+    unconditional sampling use.
 
     Args:
         unet ([`UNet2DModel`]): the denoiser; with a learned variance type it has twice the image's channels.
         scheduler ([`SchedulerMixin`]): a `DDPMExtScheduler` (any diffusers scheduler samples too; the likelihood
             needs `DDPMExtScheduler`).
+        id2label (`dict`, *optional*): the class names of a class-conditional UNet, `{id: name}` for ids `0..K-1`
+            (as `DiTPipeline` names them); saved in `model_index.json`. Defaults to the ids as names ("0", "1", ...).
     """
 
     # "latents" is diffusers' name for the running sample; "image" is ddpm-ext's older name for it, kept as an alias
@@ -82,9 +91,57 @@ class DDPMExtPipeline(DDPMPipeline):
     # set by the installed package to its DDPMExtScheduler, so loading runs no remote code; None in saved copies
     _default_scheduler_class = None
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label: Optional[Dict[Any, str]] = None):
         _check_channels(unet, scheduler)
         super().__init__(unet=unet, scheduler=scheduler)
+        id2label = _check_id2label(unet, id2label)
+        if id2label is not None:  # only class-conditional models carry it: unconditional folders stay as they were
+            self.register_to_config(id2label=id2label)
+
+    # ------------------------------------------------------------------ classes
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes of a class-conditional UNet (0 for an unconditional one)."""
+        embeds = getattr(self.unet.config, "num_class_embeds", None)
+        return 0 if embeds is None else embeds - 1
+
+    @property
+    def null_class_id(self) -> Optional[int]:
+        """The id of the learned null class (K), or None for an unconditional UNet."""
+        return self.num_classes if self.num_classes else None
+
+    @property
+    def id2label(self) -> Dict[int, str]:
+        """`{id: name}` for the classes (empty for an unconditional model)."""
+        return {int(k): v for k, v in (self.config.get("id2label") or {}).items()}
+
+    @property
+    def labels(self) -> Dict[str, int]:
+        """`{name: id}` for the classes, sorted by name (as `DiTPipeline.labels`)."""
+        return dict(sorted((v, k) for k, v in self.id2label.items()))
+
+    def get_label_ids(self, label: Union[str, List[str]]) -> List[int]:
+        """The class ids of one class name or a list of them; an unknown name is a `ValueError` listing the names."""
+        names = [label] if isinstance(label, str) else list(label)
+        if not self.num_classes:
+            raise ValueError(f"class names {names!r} were given but this model is unconditional (no classes)")
+        labels = self.labels
+        unknown = [n for n in names if n not in labels]
+        if unknown:
+            raise ValueError(f"unknown class name(s) {unknown!r}; this model's classes: {list(labels)}")
+        return [labels[n] for n in names]
+
+    @property
+    def guidance_scale(self) -> Optional[float]:
+        """The classifier-free guidance scale of the last (or running) call; a step-end callback may change
+        `pipe._guidance_scale`, and the following steps use the new value."""
+        return getattr(self, "_guidance_scale", None)
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the running call combines a conditional and a null-class prediction (scale other than 0 and 1)."""
+        scale = self.guidance_scale
+        return getattr(self, "_class_labels", None) is not None and scale is not None and scale not in (0, 1)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -98,12 +155,15 @@ class DDPMExtPipeline(DDPMPipeline):
         eta: Optional[float] = None,
         callback_on_step_end: Optional[Union[Callable, PipelineCallback, MultiPipelineCallbacks]] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        class_labels: Optional[Union[int, str, List[Union[int, str]], torch.Tensor]] = None,
+        guidance_scale: Optional[float] = None,
     ) -> Union[ImagePipelineOutput, Tuple]:
         """
         Generate images by running the reverse process from x_T ~ N(0, I).
 
         Args:
-            batch_size (`int`, defaults to 1): number of images.
+            batch_size (`int`, defaults to 1): number of images; with several `class_labels` and `batch_size=1`, one
+                image per label.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): a list of `batch_size` generators
                 gives each image its own stream, so image i is the same whatever the batch size.
             num_inference_steps (`int`, *optional*): reverse steps, respaced over the training chain; defaults to
@@ -117,7 +177,15 @@ class DDPMExtPipeline(DDPMPipeline):
                 step; may return a dict that replaces the running sample (`{"latents": ...}`).
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): the tensors passed in
                 `callback_kwargs`; allowed: `latents` (the running sample x_t), `image` (the same tensor under
-                ddpm-ext's earlier name), `model_output`.
+                ddpm-ext's earlier name), `model_output` (the guided prediction).
+            class_labels (`int`, `str`, `list` or `torch.Tensor`, *optional*; class-conditional models): the class of
+                each image, as ids or names (`pipe.labels`); one for the whole batch or one per image. `None` samples
+                the null class, i.e. unconditionally.
+            guidance_scale (`float`, *optional*): classifier-free guidance in diffusers' convention,
+                ε̂ = ε_null + s·(ε_cond − ε_null): 1 samples the plain conditional model, 0 the null class, s > 1
+                trades diversity for fidelity. The conditional and null predictions come from one batched forward;
+                with a learned variance, guidance applies to the prediction's channels and the variance is the
+                conditional one (GLIDE). Defaults to `DEFAULT_GUIDANCE_SCALE` (3.0) when `class_labels` are given.
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`.
@@ -126,6 +194,8 @@ class DDPMExtPipeline(DDPMPipeline):
             num_inference_steps = self.scheduler.config.num_train_timesteps
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        labels, batch_size = self._resolve_class_labels(class_labels, batch_size)
+        self._guidance_scale = self._resolve_guidance_scale(guidance_scale, labels)
         self._check_call_inputs(
             batch_size, generator, num_inference_steps, output_type, eta, callback_on_step_end_tensor_inputs
         )
@@ -168,12 +238,17 @@ class DDPMExtPipeline(DDPMPipeline):
         if eta is not None:
             step_kwargs["eta"] = eta
 
+        if labels is None and self.num_classes:
+            labels = torch.full((batch_size,), self.null_class_id, dtype=torch.long)
+            self._guidance_scale = None  # the null class alone: nothing to guide
+        self._class_labels = None if labels is None else labels.to(device)
+
         image = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         if scheduler.init_noise_sigma != 1:  # σ-based schedulers start from N(0, σ_max² I)
             image = image * scheduler.init_noise_sigma
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = scheduler.scale_model_input(image, t)
-            model_output = self.unet(model_input, timesteps_device[i]).sample
+            model_output = self._predict(model_input, timesteps_device[i], channels)
             if model_output.shape[1] != channels and not pass_full_output:
                 model_output = model_output[:, :channels]  # a scheduler without learned variance: drop it
             image = scheduler.step(model_output, t, image, **step_kwargs).prev_sample
@@ -196,6 +271,101 @@ class DDPMExtPipeline(DDPMPipeline):
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
+
+    def _predict(self, sample: torch.Tensor, timestep: torch.Tensor, channels: int) -> torch.Tensor:
+        """The UNet's output for the running sample: unconditional, conditional, or guided (one batched forward of
+        the conditional and null-class inputs)."""
+        labels = self._class_labels
+        if labels is None:
+            return self.unet(sample, timestep).sample
+        scale = self._guidance_scale
+        if scale is None or scale == 1:
+            return self.unet(sample, timestep, class_labels=labels).sample
+        null = torch.full_like(labels, self.null_class_id)
+        if scale == 0:
+            return self.unet(sample, timestep, class_labels=null).sample
+        both = self.unet(torch.cat([sample, sample]), timestep, class_labels=torch.cat([labels, null])).sample
+        conditional, unconditional = both.chunk(2)
+        return classifier_free_guidance(conditional, unconditional, scale, channels)
+
+    def _resolve_class_labels(self, class_labels, batch_size, images: bool = False) -> Tuple[Optional[torch.Tensor], int]:
+        """`class_labels` as a LongTensor [batch_size] of class ids (None stays None) and the batch size; with
+        `images`, `batch_size` is the number of given images and is not changed by the labels."""
+        if class_labels is None:
+            return None, batch_size
+        if not self.num_classes:
+            raise ValueError(
+                f"class_labels={_short(class_labels)} was given but this UNet is unconditional (num_class_embeds is"
+                " None); train with --class_conditional for a model that takes class labels"
+            )
+        K = self.num_classes
+        if isinstance(class_labels, np.ndarray):
+            class_labels = torch.from_numpy(class_labels)
+        if isinstance(class_labels, torch.Tensor):
+            if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
+                raise ValueError(f"class_labels must be an integer tensor of class ids, got dtype {class_labels.dtype}")
+            if class_labels.ndim > 1:
+                raise ValueError(f"class_labels must be a 0-d or 1-d tensor, got shape {tuple(class_labels.shape)}")
+            ids = class_labels.reshape(-1).long().cpu()
+        else:
+            items = list(class_labels) if isinstance(class_labels, (list, tuple)) else [class_labels]
+            if not items:
+                raise ValueError("class_labels is an empty list; give one label for the batch or one per image")
+            ids = []
+            for item in items:
+                if isinstance(item, str):
+                    ids.extend(self.get_label_ids(item))
+                elif isinstance(item, numbers.Integral) and not isinstance(item, bool):
+                    ids.append(int(item))
+                else:
+                    raise ValueError(
+                        f"class label {item!r} is not allowed; allowed: a class id 0..{K - 1} or a name of"
+                        f" {list(self.labels)}"
+                    )
+            ids = torch.tensor(ids, dtype=torch.long)
+        bad = ids[(ids < 0) | (ids >= K)]
+        if bad.numel():
+            raise ValueError(
+                f"class label {int(bad[0])} is out of range; this model's class ids are 0..{K - 1} ({K} classes:"
+                f" {list(self.labels)})"
+            )
+        n = ids.numel()
+        if n == 0:
+            raise ValueError("class_labels is empty; give one label for the batch or one per image")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            return ids, batch_size  # _check_call_inputs names the bad batch_size
+        if n > 1 and batch_size == 1 and not images:
+            batch_size = n
+        if n == 1:
+            ids = ids.expand(batch_size).clone()
+        elif n != batch_size:
+            count = f"{batch_size} images" if images else f"batch_size={batch_size}"
+            raise ValueError(f"got {n} class labels for {count}; give one label or one per image")
+        return ids, batch_size
+
+    def _resolve_guidance_scale(self, guidance_scale, labels) -> Optional[float]:
+        if guidance_scale is None:
+            return DEFAULT_GUIDANCE_SCALE if labels is not None else None
+        if not self.num_classes:
+            raise ValueError(
+                f"guidance_scale={guidance_scale!r} was given but this UNet is unconditional: classifier-free guidance"
+                " needs a class-conditional model (train with --class_conditional)"
+            )
+        if labels is None:
+            raise ValueError(
+                f"guidance_scale={guidance_scale!r} needs class_labels: guidance steers samples toward a class"
+            )
+        if (
+            isinstance(guidance_scale, bool)
+            or not isinstance(guidance_scale, numbers.Real)
+            or not math.isfinite(guidance_scale)
+            or guidance_scale < 0
+        ):
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 0, got {guidance_scale!r} (0: unconditional, 1: plain"
+                " conditional, > 1: stronger guidance)"
+            )
+        return float(guidance_scale)
 
     def _check_call_inputs(
         self, batch_size, generator, num_inference_steps, output_type, eta, tensor_inputs
@@ -242,6 +412,7 @@ class DDPMExtPipeline(DDPMPipeline):
         batch_size: Optional[int] = None,
         return_terms: bool = False,
         clip_denoised: Optional[bool] = None,
+        class_labels: Optional[Union[int, str, List[Union[int, str]], torch.Tensor]] = None,
     ) -> Union[torch.Tensor, BitsPerDimOutput]:
         """
         Each image's negative log-likelihood bound in bits per dimension: L_T + Σ_{t>1} L_{t-1} + L_0 (DDPM eq. 5),
@@ -255,6 +426,9 @@ class DDPMExtPipeline(DDPMPipeline):
             batch_size (`int`, *optional*): images per network call; defaults to all of them.
             return_terms (`bool`, defaults to `False`): return a [`BitsPerDimOutput`] with the per-term breakdown.
             clip_denoised (`bool`, *optional*): clip x̂_0; defaults to the scheduler's config.
+            class_labels (`int`, `str`, `list` or `torch.Tensor`, *optional*; class-conditional models): each image's
+                class (ids or names; one for all or one per image) for the conditional bound −log p(x | y); `None`
+                gives the null class's (unconditional) bound.
 
         Returns:
             `torch.Tensor` [B] of bits/dim, or [`BitsPerDimOutput`] when `return_terms`.
@@ -268,9 +442,14 @@ class DDPMExtPipeline(DDPMPipeline):
         if isinstance(timestep_batch_size, bool) or not isinstance(timestep_batch_size, int) or timestep_batch_size < 1:
             raise ValueError(f"timestep_batch_size must be an integer >= 1, got {timestep_batch_size!r}")
         _check_generator(generator)
-        device = self._execution_device
-        x0 = self._images_to_model_range(images).to(device)
+        x0 = self._images_to_model_range(images)
         n = x0.shape[0]
+        labels, _ = self._resolve_class_labels(class_labels, n, images=True)
+        if labels is None and self.num_classes:
+            labels = torch.full((n,), self.null_class_id, dtype=torch.long)
+        device = self._execution_device
+        x0 = x0.to(device)
+        labels = None if labels is None else labels.to(device)
         if isinstance(generator, list) and len(generator) != n:
             raise ValueError(f"got {len(generator)} generators for {n} images; pass one per image or one in all")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -296,7 +475,8 @@ class DDPMExtPipeline(DDPMPipeline):
                 x0_b = x0[s:e].unsqueeze(1).expand(b, k, *x0.shape[1:]).reshape(b * k, *x0.shape[1:])
                 t_b = torch.tensor(ts, device=device).repeat(b)
                 x_t = scheduler.add_noise(x0_b, noise[s:e].reshape(b * k, *x0.shape[1:]), t_b)
-                model_output = self.unet(x_t.to(dtype), t_b).sample
+                extra = {} if labels is None else {"class_labels": labels[s:e].repeat_interleave(k)}
+                model_output = self.unet(x_t.to(dtype), t_b, **extra).sample
                 terms = scheduler.vb_terms_bpd(model_output, x0_b, x_t, t_b, clip_denoised=clip_denoised)["output"]
                 vb[s:e, ts] = terms.reshape(b, k).float()
                 progress.update()
@@ -500,6 +680,67 @@ class DDPMExtPipeline(DDPMPipeline):
 
 
 # ---------------------------------------------------------------------- helpers (module level, self-contained)
+def classifier_free_guidance(
+    conditional: torch.Tensor, unconditional: torch.Tensor, guidance_scale: float, channels: int
+) -> torch.Tensor:
+    """ε_null + s·(ε_cond − ε_null) on the first `channels` channels (the prediction); any further channels (a
+    learned variance) are the conditional output's, as in GLIDE."""
+    guided = unconditional[:, :channels] + guidance_scale * (conditional[:, :channels] - unconditional[:, :channels])
+    if conditional.shape[1] == channels:
+        return guided
+    return torch.cat([guided, conditional[:, channels:]], dim=1)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_id2label(unet, id2label) -> Optional[Dict[str, str]]:
+    """The class names of a class-conditional UNet as `{"0": name, ...}`; None for an unconditional one."""
+    if unet is None:
+        return None
+    config = unet.config
+    if getattr(config, "class_embed_type", None) is not None:
+        raise ValueError(
+            f"class_embed_type={config.class_embed_type!r} is not supported; class-conditional ddpm-ext models use"
+            " num_class_embeds (a learned embedding per class plus the null class)"
+        )
+    embeds = getattr(config, "num_class_embeds", None)
+    if embeds is None:
+        if id2label:
+            raise ValueError(
+                f"id2label with {len(id2label)} classes was given but the UNet is unconditional (num_class_embeds is"
+                " None); a class-conditional UNet has num_class_embeds = number of classes + 1"
+            )
+        return None
+    num_classes = embeds - 1
+    if num_classes < 1:
+        raise ValueError(
+            f"num_class_embeds={embeds} leaves no class: a class-conditional UNet has num_class_embeds = number of"
+            " classes + 1 (the last embedding is the null class of classifier-free guidance)"
+        )
+    if id2label is None:
+        return {str(i): str(i) for i in range(num_classes)}
+    if not isinstance(id2label, dict):
+        raise ValueError(f"id2label must be a dict {{id: name}}, got {type(id2label).__name__}")
+    try:
+        named = {int(k): v for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"id2label keys must be class ids 0..{num_classes - 1}, got {list(id2label)}") from None
+    if sorted(named) != list(range(num_classes)):
+        raise ValueError(
+            f"id2label must name the classes 0..{num_classes - 1} exactly once (num_class_embeds={embeds}: {num_classes}"
+            f" classes + the null class), got ids {sorted(named)}"
+        )
+    names = [named[i] for i in range(num_classes)]
+    if not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"id2label names must be non-empty strings, got {names}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"id2label names must be unique, got {names}")
+    return {str(i): named[i] for i in range(num_classes)}
+
+
 def _scheduler_learns_variance(scheduler) -> bool:
     # a config copied from another scheduler may carry variance_type without the class using it (DDIMScheduler)
     takes_it = "variance_type" in inspect.signature(type(scheduler).__init__).parameters

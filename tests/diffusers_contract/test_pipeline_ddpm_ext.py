@@ -99,3 +99,36 @@ class DDPMExtPipelineFastTests(PipelineTesterMixin, unittest.TestCase):  # ddpm-
 
 # ddpm-ext change: trimmed DDIMPipelineIntegrationTests (slow, needs an accelerator and google/ddpm-cifar10-32 from
 # the Hub: network)
+
+
+# ddpm-ext change: diffusers' common tests skip `test_cfg` / `test_callback_cfg` for pipelines without a
+# `guidance_scale` argument. DDPMExtPipeline has one for class-conditional models and refuses it for unconditional
+# ones (guidance needs classes), so the unconditional class skips these two and the class-conditional class below
+# runs them, and the whole mixin, against a UNet with `num_class_embeds` (3 classes + the null class).
+DDPMExtPipelineFastTests.test_cfg = unittest.skip("unconditional model: guidance_scale is refused; see the class-conditional tests")(
+    PipelineTesterMixin.test_cfg
+)
+DDPMExtPipelineFastTests.test_callback_cfg = unittest.skip(
+    "unconditional model: guidance_scale is refused; see the class-conditional tests"
+)(PipelineTesterMixin.test_callback_cfg)
+
+
+class DDPMExtClassConditionalPipelineFastTests(DDPMExtPipelineFastTests):  # ddpm-ext change: a class-conditional twin
+    # ddpm-ext change: class labels are the batched input (one per image), as prompts are for text-to-image
+    params = UNCONDITIONAL_IMAGE_GENERATION_PARAMS | frozenset(["class_labels", "guidance_scale"])
+    batch_params = frozenset(["class_labels"])
+
+    def get_dummy_components(self):
+        components = super().get_dummy_components()
+        torch.manual_seed(0)
+        # ddpm-ext change: the same dummy UNet with a class embedding (3 classes + the null class)
+        components["unet"] = UNet2DModel(**{**components["unet"].config, "num_class_embeds": 4})
+        return components
+
+    def get_dummy_inputs(self, device, seed=0):
+        inputs = super().get_dummy_inputs(device, seed)
+        inputs["class_labels"] = 1  # ddpm-ext change: a class to sample, guided at the default scale
+        return inputs
+
+    test_cfg = PipelineTesterMixin.test_cfg
+    test_callback_cfg = PipelineTesterMixin.test_callback_cfg

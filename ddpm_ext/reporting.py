@@ -169,7 +169,7 @@ def model_card(
         training_config (`Mapping`, *optional*): the training options; a JSON block and the
             `ddpm_ext_training_config` metadata.
         tags (`tuple[str]`): tags added to ddpm-ext's own.
-        id2label (`Mapping[str, str]`, *optional*): a class-conditional model's classes ({str(id): name}); the
+        id2label (`Mapping`, *optional*): a class-conditional model's classes ({id: name}, ids int or str); the
             card lists them, says the sample grid has one row per class and shows sampling by label name.
         class_dropout_prob (`float`, *optional*): the label dropout the conditional model was trained with.
         **metadata: further `huggingface_hub.ModelCardData` fields (`license`, `datasets`, ...).
@@ -186,7 +186,8 @@ def model_card(
             json.dumps(training_config, default=lambda o: list(o) if isinstance(o, tuple) else str(o))
         )
     own_tags = CARD_TAGS if not id2label else CONDITIONAL_CARD_TAGS
-    if id2label:
+    if id2label:  # keys as str, as model_index.json stores them (a pipeline's `id2label` has int keys)
+        id2label = {str(k): str(v) for k, v in id2label.items()}
         metadata["ddpm_ext_id2label"] = {str(k): str(v) for k, v in id2label.items()}
     data = ModelCardData(
         library_name="diffusers",

@@ -277,7 +277,7 @@ def test_image_grid_takes_the_number_of_columns():
 
 
 def test_the_card_of_a_conditional_model_lists_its_classes_and_shows_sampling_by_name():
-    unet = tiny_unet()
+    unet = tiny_unet(num_class_embeds=4)
     id2label = {"0": "bird", "1": "cat", "2": "dog"}
     card = model_card("me/pets", unet, {"num_train_timesteps": 20}, sample_grid=True, id2label=id2label,
                       class_dropout_prob=0.15)
@@ -286,7 +286,7 @@ def test_the_card_of_a_conditional_model_lists_its_classes_and_shows_sampling_by
     assert 'class_labels="dog", guidance_scale=3.0' in card.text
     assert card.data.ddpm_ext_id2label == id2label
     assert "class-conditional" in card.data.tags and "unconditional-image-generation" not in card.data.tags
-    digits = model_card("me/digits", unet, {}, id2label={str(i): str(i) for i in range(10)})
+    digits = model_card("me/digits", unet, {}, id2label={i: str(i) for i in range(10)})  # as pipe.id2label
     assert 'pipe(batch_size=16, class_labels="7", guidance_scale=3.0' in digits.text
     plain = model_card("me/plain", unet, {})
     assert "## Classes" not in plain.text and "class_labels" not in plain.text

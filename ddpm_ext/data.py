@@ -14,6 +14,10 @@ Decisions:
 - Channels: 1 → PIL mode "L" (ITU-R 601 luma), 3 → "RGB". Transparent images ("RGBA", "LA", palette with
   transparency) are composited over a white background, the way image viewers show them. "CMYK" uses PIL's
   conversion; 16-bit grayscale ("I;16", "I") is scaled by 1/257 rather than clipped.
+- Class labels (`read_class_labels`, for class-conditional training): a `ClassLabel` column gives its ids and
+  names; an integer column its values with names "0".."max"; a string column the index of each value among the
+  sorted distinct values (names: those values). Labels are read from the whole data set before any split, so a
+  held-out split that misses a class does not change the ids.
 - Corrupt or unreadable images: fail early, naming the file. `load_image_dataset` decodes every image of a local
   folder or parquet file once (`validate_images`) and raises `ValueError("unreadable image: <path>: <reason>")`
   before any training starts; for hub data sets call `validate_images` yourself (it decodes everything).
@@ -39,6 +43,7 @@ __all__ = [
     "uint8_to_pixel_values",
     "split_indices",
     "split_dataset",
+    "read_class_labels",
 ]
 
 _INTERPOLATIONS = {
@@ -444,3 +449,61 @@ def split_dataset(
     """
     train_idx, test_idx = split_indices(len(dataset), test_size, seed)
     return dataset.select(train_idx, keep_in_memory=True), dataset.select(test_idx, keep_in_memory=True)
+
+
+_INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+_STRING_DTYPES = ("string", "large_string")
+
+
+def read_class_labels(dataset: datasets.Dataset, label_column: str = "label") -> Tuple[torch.Tensor, List[str]]:
+    """The class label of every row as ids 0..K-1, and the K class names (id k is named `names[k]`).
+
+    Reads only the label column (cheap; call it before `set_transform`).
+
+    Args:
+        dataset (`datasets.Dataset`): the data set.
+        label_column (`str`, defaults to "label"): the column with the labels: a `datasets.ClassLabel` (the
+            embedded digits; "imagefolder" with one sub-folder per class) gives its ids and `.names`; an integer
+            column its values (>= 0) with names "0".."max"; a string column the index of each value among the sorted
+            distinct values, which are the names.
+
+    Returns:
+        `Tuple[torch.Tensor, List[str]]`: int64 ids `[len(dataset)]` and the class names.
+    """
+    columns = list(dataset.column_names)
+    if label_column not in columns:
+        raise ValueError(f"label_column={label_column!r} is not a column of the data set; columns: {columns}")
+    feature = dataset.features[label_column]
+    allowed = "a ClassLabel, integer or string column without missing values"
+    is_class_label = isinstance(feature, datasets.ClassLabel)
+    dtype = getattr(feature, "dtype", None) if isinstance(feature, datasets.Value) else None
+    if not is_class_label and dtype not in _INTEGER_DTYPES + _STRING_DTYPES:
+        raise ValueError(f"label column {label_column!r} has feature {feature}; allowed: {allowed}")
+    values = dataset.select_columns([label_column]).with_format("arrow")[:].column(label_column)
+    if values.null_count:
+        first = next(i for i, v in enumerate(values.to_pylist()) if v is None)
+        raise ValueError(
+            f"label column {label_column!r} has {values.null_count} missing value(s) (first at row {first});"
+            f" allowed: {allowed}"
+        )
+    if dtype in _STRING_DTYPES:
+        strings = values.to_pylist()
+        names = sorted(set(strings))
+        index = {name: i for i, name in enumerate(names)}
+        return torch.tensor([index[v] for v in strings], dtype=torch.int64), names
+    ids = torch.from_numpy(np.asarray(values.to_numpy(), dtype=np.int64).copy())
+    if len(ids) and int(ids.min()) < 0:
+        row = int((ids < 0).nonzero()[0])
+        raise ValueError(
+            f"label column {label_column!r} holds the negative label {int(ids[row])} at row {row} (a ClassLabel uses"
+            " -1 for a missing label); allowed: ids >= 0"
+        )
+    if is_class_label:
+        names = list(feature.names)
+        if len(ids) and int(ids.max()) >= len(names):
+            raise ValueError(
+                f"label column {label_column!r} holds the id {int(ids.max())}, beyond its {len(names)} ClassLabel"
+                f" names; allowed: ids 0..{len(names) - 1}"
+            )
+        return ids, names
+    return ids, [str(i) for i in range(int(ids.max()) + 1 if len(ids) else 0)]

@@ -110,7 +110,8 @@ def upload_pipeline_folder(
     if card_for is not None and not os.path.exists(card):  # as diffusers does, a pushed pipeline gets a model card
         from .reporting import model_card
 
-        model_card(repo_id, card_for.unet, card_for.scheduler.config).save(card)
+        id2label = getattr(card_for, "id2label", None) or None  # a class-conditional pipeline's classes
+        model_card(repo_id, card_for.unet, card_for.scheduler.config, id2label=id2label).save(card)
     return upload_folder(
         repo_id=repo_id,
         folder_path=folder,

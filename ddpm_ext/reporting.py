@@ -17,14 +17,15 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_GRID = "sample_grid.png"
 CARD_TAGS = ("ddpm-ext", "diffusers", "unconditional-image-generation", "ddpm")
+CONDITIONAL_CARD_TAGS = ("ddpm-ext", "diffusers", "class-conditional", "classifier-free-guidance", "ddpm")
 SCHEDULER_CARD_KEYS = ("num_train_timesteps", "beta_schedule", "prediction_type", "variance_type", "clip_sample")
 
 
 # ---------------------------------------------------------------------- image grids
-def image_grid(images, border: int = 0, min_size: int = 0) -> np.ndarray:
+def image_grid(images, border: int = 0, min_size: int = 0, columns: Optional[int] = None) -> np.ndarray:
     """
-    Images as one near-square grid, row-major with ⌈√N⌉ columns (diffusers' `make_image_grid` needs rows × cols = N
-    exactly and draws no separators, hence this one).
+    Images as one grid, row-major with `columns` columns (default ⌈√N⌉: near-square) and ⌈N / columns⌉ rows
+    (diffusers' `make_image_grid` needs rows × cols = N exactly and draws no separators, hence this one).
 
     Args:
         images: a pipeline's output: `np.ndarray` [N, H, W, C] (`output_type="np"`: float in [0, 1], or uint8) or
@@ -32,6 +33,7 @@ def image_grid(images, border: int = 0, min_size: int = 0) -> np.ndarray:
         border (`int`, defaults to 0): white pixels between and around the images; with 0 empty cells are black.
         min_size (`int`, defaults to 0): upscale small grids by the integer factor `max(1, min_size // longer side)`
             (nearest neighbour), so a grid of 8×8 images is still visible.
+        columns (`int`, *optional*): images per row (e.g. a class-conditional grid: one row per class).
 
     Returns:
         `np.ndarray`: uint8 [rows·H, cols·W] for one channel, [rows·H, cols·W, C] otherwise.
@@ -43,10 +45,12 @@ def image_grid(images, border: int = 0, min_size: int = 0) -> np.ndarray:
         raise ValueError(f"images must be a non-empty batch [N, H, W, C] or [N, C, H, W], got shape {images.shape}")
     if isinstance(border, bool) or not isinstance(border, int) or border < 0:
         raise ValueError(f"border must be an integer >= 0, got {border!r}")
+    if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
+        raise ValueError(f"columns must be an integer >= 1 or None, got {columns!r}")
     if images.dtype != np.uint8:
         images = (np.clip(images.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
     n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = math.ceil(math.sqrt(n)) if columns is None else columns
     rows = math.ceil(n / cols)
     fill = 255 if border else 0
     grid = np.full((rows * (h + border) + border, cols * (w + border) + border, c), fill, dtype=np.uint8)
@@ -60,12 +64,12 @@ def image_grid(images, border: int = 0, min_size: int = 0) -> np.ndarray:
     return grid[..., 0] if c == 1 else grid
 
 
-def save_image_grid(images, path: str, border: int = 1, min_size: int = 256) -> str:
-    """Write `image_grid(images, border, min_size)` as a PNG (creating its folder); returns `path`."""
+def save_image_grid(images, path: str, border: int = 1, min_size: int = 256, columns: Optional[int] = None) -> str:
+    """Write `image_grid(images, border, min_size, columns)` as a PNG (creating its folder); returns `path`."""
     from PIL import Image
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(image_grid(images, border=border, min_size=min_size)).save(path)
+    Image.fromarray(image_grid(images, border=border, min_size=min_size, columns=columns)).save(path)
     return path
 
 
@@ -145,6 +149,8 @@ def model_card(
     metrics: Optional[Mapping[str, Any]] = None,
     training_config: Optional[Mapping[str, Any]] = None,
     tags: Tuple[str, ...] = (),
+    id2label: Optional[Mapping[str, str]] = None,
+    class_dropout_prob: Optional[float] = None,
     **metadata,
 ):
     """
@@ -163,6 +169,9 @@ def model_card(
         training_config (`Mapping`, *optional*): the training options; a JSON block and the
             `ddpm_ext_training_config` metadata.
         tags (`tuple[str]`): tags added to ddpm-ext's own.
+        id2label (`Mapping`, *optional*): a class-conditional model's classes ({id: name}, ids int or str); the
+            card lists them, says the sample grid has one row per class and shows sampling by label name.
+        class_dropout_prob (`float`, *optional*): the label dropout the conditional model was trained with.
         **metadata: further `huggingface_hub.ModelCardData` fields (`license`, `datasets`, ...).
 
     Returns:
@@ -176,25 +185,48 @@ def model_card(
         metadata["ddpm_ext_training_config"] = json.loads(
             json.dumps(training_config, default=lambda o: list(o) if isinstance(o, tuple) else str(o))
         )
+    own_tags = CARD_TAGS if not id2label else CONDITIONAL_CARD_TAGS
+    if id2label:  # keys as str, as model_index.json stores them (a pipeline's `id2label` has int keys)
+        id2label = {str(k): str(v) for k, v in id2label.items()}
+        metadata["ddpm_ext_id2label"] = {str(k): str(v) for k, v in id2label.items()}
     data = ModelCardData(
         library_name="diffusers",
-        pipeline_tag="unconditional-image-generation",
-        tags=list(CARD_TAGS) + [t for t in tags if t not in CARD_TAGS],
+        pipeline_tag="unconditional-image-generation",  # the Hub has no class-conditional task
+        tags=list(own_tags) + [t for t in tags if t not in own_tags],
         **metadata,
     )
     size = unet.config.sample_size
     hw = f"{size}×{size}" if isinstance(size, int) else "×".join(str(s) for s in size)
     params = sum(p.numel() for p in unet.parameters())
+    kind = "An unconditional" if not id2label else f"A class-conditional ({len(id2label)} classes)"
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
-        f"An unconditional DDPM image model ({params / 1e6:.2f}M parameters, {unet.config.in_channels}-channel {hw}"
+        f"{kind} DDPM image model ({params / 1e6:.2f}M parameters, {unet.config.in_channels}-channel {hw}"
         " images), saved by [ddpm-ext](https://pypi.org/project/ddpm-ext/) as a self-contained diffusers pipeline.",
     ]
     if trained:
         lines += ["", trained.strip()]
     if sample_grid:
         lines += ["", f"![samples]({SAMPLE_GRID})"]
+        if id2label:
+            lines += ["", "The sample grid has one row per class (row k: class id k), at the default guidance."]
+    if id2label:
+        dropout = (
+            "" if class_dropout_prob is None else f" with probability {class_dropout_prob} (`class_dropout_prob`)"
+        )
+        lines += [
+            "",
+            "## Classes",
+            "",
+            "Trained with classifier-free guidance (Ho & Salimans 2022): each training label was replaced by a"
+            f" learned null class{dropout}; `guidance_scale` s mixes ε = ε_null + s·(ε_class − ε_null)"
+            " (s = 1: plain conditional, s = 0: unconditional).",
+            "",
+            "| id | name |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {k} | {v} |" for k, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))]
     lines += ["", "| scheduler setting | value |", "| --- | --- |"]
     lines += [f"| {key} | {scheduler_config.get(key)} |" for key in SCHEDULER_CARD_KEYS if key in scheduler_config]
     lines += [
@@ -207,9 +239,24 @@ def model_card(
         "from ddpm_ext import DDPMExtPipeline",
         "",
         f'pipe = DDPMExtPipeline.from_pretrained("{repo_id}")',
-        f"images = pipe(batch_size=16, num_inference_steps={num_inference_steps}).images",
-        "bits_per_dim = pipe.bits_per_dim(images)  # each image's negative log-likelihood bound",
-        "```",
+    ]
+    if id2label:
+        name = id2label.get("7", id2label[sorted(id2label, key=int)[-1]])
+        lines += [
+            f"images = pipe(batch_size=16, class_labels={json.dumps(name)}, guidance_scale=3.0,"
+            f" num_inference_steps={num_inference_steps}).images",
+            f"labels = torch.full((16,), pipe.labels[{json.dumps(name)}])",
+            "bits_per_dim = pipe.bits_per_dim(images, class_labels=labels)  # the conditional likelihood bound",
+            "```",
+        ]
+        lines.insert(lines.index("from ddpm_ext import DDPMExtPipeline"), "import torch")
+    else:
+        lines += [
+            f"images = pipe(batch_size=16, num_inference_steps={num_inference_steps}).images",
+            "bits_per_dim = pipe.bits_per_dim(images)  # each image's negative log-likelihood bound",
+            "```",
+        ]
+    lines += [
         "",
         "With plain diffusers (runs this repository's `pipeline_ddpm_ext.py` and `scheduler/scheduling_ddpm_ext.py`):",
         "",
@@ -228,8 +275,9 @@ def model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
 
-def write_model_card(config, result, dataset_label: str, unet) -> str:
-    """Write a training run's `output_dir/README.md` (see `model_card`); returns its path."""
+def write_model_card(config, result, dataset_label: str, unet, id2label: Optional[Mapping[str, str]] = None) -> str:
+    """Write a training run's `output_dir/README.md` (see `model_card`; `id2label`: a class-conditional run's
+    classes); returns its path."""
     metrics = {"global_step": result.global_step}
     if result.final_loss is not None:
         metrics["final_train_loss"] = round(result.final_loss, 6)
@@ -245,6 +293,7 @@ def write_model_card(config, result, dataset_label: str, unet) -> str:
     trained = (
         f"Trained with ddpm-ext on {dataset_label}: `{config.model_preset}` UNet, loss `{config.loss_type}`,"
         f" {'EMA' if config.use_ema else 'final'} weights."
+        + (f" Class-conditional on the column `{config.label_column or 'label'}`." if id2label else "")
     )
     options = config.to_dict()
     card = model_card(
@@ -259,6 +308,8 @@ def write_model_card(config, result, dataset_label: str, unet) -> str:
         tags=("pytorch",) + (("improved-ddpm",) if config.variance_type in ("learned", "learned_range") else ()),
         license="apache-2.0",
         datasets=[config.dataset_name] if config.dataset_name else None,
+        id2label=id2label,
+        class_dropout_prob=config.class_dropout_prob if id2label else None,
     )
     path = os.path.join(config.output_dir, "README.md")
     card.save(path)

@@ -303,7 +303,8 @@ def normalize(value: Any) -> Any:
 def check_checkpoint_compatible(path: str, expected: Dict[str, Any]) -> Dict[str, Any]:
     """
     Read a checkpoint's `ddpm_ext_training.json` and raise `ValueError` naming every model / diffusion setting that
-    differs from `expected` (keys "unet", "scheduler", "use_ema", "timestep_sampler").
+    differs from `expected` (keys "unet", "scheduler", "use_ema", "timestep_sampler", and "class_names" for a
+    class-conditional run).
 
     Returns:
         `dict`: the checkpoint's training state.
@@ -321,9 +322,9 @@ def check_checkpoint_compatible(path: str, expected: Dict[str, Any]) -> Dict[str
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
                 problems.append(f"{section}.{key}: checkpoint {old.get(key)!r}, this run {new.get(key)!r}")
-    for key in ("use_ema", "timestep_sampler"):
-        if saved.get(key) != expected[key]:
-            problems.append(f"{key}: checkpoint {saved.get(key)!r}, this run {expected[key]!r}")
+    for key in ("use_ema", "timestep_sampler", "class_names"):  # class_names: class-conditional runs only
+        if saved.get(key) != expected.get(key):
+            problems.append(f"{key}: checkpoint {saved.get(key)!r}, this run {expected.get(key)!r}")
     if problems:
         raise ValueError(
             f"the checkpoint {path!r} comes from a different model configuration and cannot be resumed:\n  "
@@ -339,6 +340,7 @@ EXACTNESS_KEYS = (
     "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm", "loss_type", "vlb_weight",
     "snr_gamma", "random_flip", "center_crop", "dataset_name", "dataset_config_name", "train_data_dir",
     "eval_nll_steps", "eval_nll_num_images", "ema_inv_gamma", "ema_power", "ema_max_decay", "mixed_precision",
+    "class_dropout_prob", "label_column",
 )
 
 # AdamW's hyperparameters live in the optimizer's param_groups, which `load_state` restores (the LR schedule restores

@@ -5,7 +5,7 @@ with its EMA, the optimizer with its LR schedule. Every input error surfaces her
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from accelerate import Accelerator
@@ -61,17 +61,23 @@ def check_destinations(cfg: TrainingConfig, accelerator: Accelerator) -> None:
 
 @dataclass
 class TrainingData:
-    """The training images, the held-out images for bits/dim (or None) and how to name the data set."""
+    """The training images, the held-out images for bits/dim (or None) and how to name the data set; with
+    `class_conditional`, the class id of every training row (indexed like `train_source`) and held-out image, and
+    the class names (id k is `class_names[k]`)."""
 
     train_source: object
     eval_images: Optional[torch.Tensor]
     label: str
     pretensorized: bool
+    train_labels: Optional[torch.Tensor] = None
+    eval_labels: Optional[torch.Tensor] = None
+    class_names: Optional[List[str]] = None
 
 
 def load_training_data(cfg: TrainingConfig, accelerator: Accelerator, channels: int, default_data: bool) -> TrainingData:
     """Load the data set, split off the held-out images (seed 0), and pre-decode the training images into one
-    uint8 tensor when `pretensorize` allows (else decode PIL images per batch)."""
+    uint8 tensor when `pretensorize` allows (else decode PIL images per batch). With `class_conditional`, read the
+    label column of the whole data set first (class ids do not depend on the split) and split it like the images."""
     with accelerator.main_process_first():
         dataset = ddpm_data.load_image_dataset(
             dataset_name=cfg.dataset_name,
@@ -82,6 +88,9 @@ def load_training_data(cfg: TrainingConfig, accelerator: Accelerator, channels: 
         )
     label = cfg.dataset_name or (cfg.train_data_dir and os.path.basename(cfg.train_data_dir.rstrip("/")))
     label = label or "scikit-learn digits (8×8, 1,797 images)"
+    train_labels = eval_labels = class_names = None
+    if cfg.class_conditional:
+        train_labels, class_names = ddpm_data.read_class_labels(dataset, cfg.label_column or "label")
     eval_images = None
     if cfg.eval_nll_steps > 0:
         if len(dataset) <= cfg.eval_nll_num_images:
@@ -89,6 +98,9 @@ def load_training_data(cfg: TrainingConfig, accelerator: Accelerator, channels: 
                 f"eval_nll_num_images={cfg.eval_nll_num_images} leaves no training images out of {len(dataset)};"
                 " lower it or set eval_nll_steps=0"
             )
+        if train_labels is not None:  # the rows split_dataset keeps, in the same (data set) order
+            train_idx, test_idx = ddpm_data.split_indices(len(dataset), cfg.eval_nll_num_images, seed=0)
+            train_labels, eval_labels = train_labels[train_idx], train_labels[test_idx]
         dataset, held_out = ddpm_data.split_dataset(dataset, test_size=cfg.eval_nll_num_images, seed=0)
         eval_images = ddpm_data.pretensorize(held_out, cfg.resolution, channels)
     nbytes = len(dataset) * channels * cfg.resolution**2
@@ -102,7 +114,7 @@ def load_training_data(cfg: TrainingConfig, accelerator: Accelerator, channels: 
             ddpm_data.make_transform(cfg.resolution, channels, center_crop=cfg.center_crop, random_flip=False)
         )
         source = DatasetSource(dataset)
-    return TrainingData(source, eval_images, label, use_tensor)
+    return TrainingData(source, eval_images, label, use_tensor, train_labels, eval_labels, class_names)
 
 
 def build_model(cfg: TrainingConfig, unet_kwargs: dict) -> Tuple[UNet2DModel, Optional[EMAModel]]:

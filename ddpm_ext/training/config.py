@@ -30,6 +30,8 @@ Logger = Literal["tensorboard", "wandb", "none"]
 Pretensorize = Literal["auto", "always", "never"]
 Channels = Literal[1, 3]
 
+CLASS_DROPOUT_PROB_DEFAULT = 0.1  # Ho & Salimans 2022 use 0.1-0.2
+
 PREDICTION_TYPES = get_args(PredictionType)
 VARIANCE_TYPES = get_args(VarianceType)
 BETA_SCHEDULES = get_args(BetaSchedule)
@@ -83,6 +85,14 @@ class TrainingConfig:
     train_data_dir: Optional[str] = _opt(None, "a local image folder or parquet file/folder")
     cache_dir: Optional[str] = _opt(None, "`datasets` cache folder")
     image_column: Optional[str] = _opt(None, "the image column (detected when unset)")
+    class_conditional: bool = _opt(
+        False, "train a class-conditional model on the data set's labels, with classifier-free guidance dropout"
+    )
+    label_column: Optional[str] = _opt(None, "the column with class labels (needs class_conditional); unset: label")
+    class_dropout_prob: float = _opt(
+        CLASS_DROPOUT_PROB_DEFAULT,
+        "probability a training label is replaced by the null class (classifier-free guidance), in [0, 1)",
+    )
     model_config_name_or_path: Optional[str] = _opt(None, "a UNet2DModel config (folder or json) instead of a preset")
     model_preset: ModelPreset = _opt("tiny", "tiny (CPU runs, tests) or ddpm-cifar10 (the DDPM paper's UNet, 35.7M)")
     output_dir: str = _opt("ddpm-ext-model", "pipeline, model card, samples, checkpoints and logs")
@@ -215,6 +225,24 @@ class TrainingConfig:
                 f"variance_type={self.variance_type!r} needs loss_type 'hybrid' or 'vlb' (the simple loss does not"
                 f" train the variance channels); got loss_type={self.loss_type!r}"
             )
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(
+                f"class_dropout_prob={self.class_dropout_prob!r} is not allowed; expected a value in [0, 1) (0: no"
+                " null-class training, so no classifier-free guidance)"
+            )
+        if not self.class_conditional:
+            if self.label_column is not None:
+                raise ValueError(
+                    f"label_column={self.label_column!r} needs class_conditional=True (--class_conditional); an"
+                    " unconditional run reads no labels"
+                )
+            if self.class_dropout_prob != CLASS_DROPOUT_PROB_DEFAULT:
+                raise ValueError(
+                    f"class_dropout_prob={self.class_dropout_prob!r} needs class_conditional=True"
+                    " (--class_conditional); an unconditional run drops no labels"
+                )
+        if self.label_column is not None and not self.label_column:
+            raise ValueError("label_column='' is not allowed; expected a column name or unset (label)")
         if self.dataset_name is not None and self.train_data_dir is not None:
             raise ValueError(
                 f"give one of dataset_name={self.dataset_name!r} or train_data_dir={self.train_data_dir!r}, not both"

@@ -18,6 +18,11 @@ Decisions:
   registered with `accelerator.register_for_checkpointing`.
 - SIGTERM / SIGINT (see `signals.py`): the run saves a checkpoint at the next step boundary (a multi-process run
   agrees on the flag every `logging_steps` steps) and returns with `interrupted_by` set.
+- Class-conditional runs (`class_conditional`): the UNet gets `num_class_embeds = K + 1`, id K being the learned
+  null class; each label is replaced by it with probability `class_dropout_prob` (classifier-free guidance, Ho &
+  Salimans 2022). That mask comes from micro-step `m`'s generator after its other draws (global batch, then this
+  process's slice), so unconditional runs draw exactly what they drew before and resume / 2 processes stay exact.
+  The sample grid has one row per class (see `samples.class_grid_labels`); the saved pipeline carries `id2label`.
 - Divergence: the loss / gradient-norm values fetched for logging are checked for NaN / inf (no extra host sync),
   and the weights before every save (one sync per save); either raises `TrainingDivergedError`.
 - Host syncs: per-step losses and gradient norms stay on the device and are fetched every `logging_steps` steps
@@ -72,7 +77,7 @@ from .components import (
 )
 from .config import TrainingConfig
 from .models import unet_config
-from .samples import held_out_bits_per_dim, sample_images
+from .samples import class_grid_labels, held_out_bits_per_dim, sample_images
 from .signals import SignalFlag
 from .tracking import METRICS_FILE, MetricsFile, StepTimer, tracker_config
 
@@ -131,7 +136,7 @@ class DDPMTrainer:
         default_data = cfg.dataset_name is None and cfg.train_data_dir is None
         self._describe_model(default_data)
         self.resume_path = self._resolve_resume()
-        if self.resume_path is not None:
+        if self.resume_path is not None and not cfg.class_conditional:  # conditional: once the classes are known
             self.resume_state = check_checkpoint_compatible(self.resume_path, self.fingerprint)
         self.mixed_precision = resolve_mixed_precision(cfg)
         self.metrics = MetricsFile(cfg.output_dir)  # metrics.jsonl and sample grids, always on
@@ -141,17 +146,24 @@ class DDPMTrainer:
         data = load_training_data(cfg, self.accelerator, self.channels, default_data)
         self.train_source, self.eval_images = data.train_source, data.eval_images
         self.dataset_label, self.pretensorized = data.label, data.pretensorized
+        self.train_labels, self.eval_labels, self.class_names = data.train_labels, data.eval_labels, data.class_names
+        if cfg.class_conditional:
+            self._describe_model(default_data, data.class_names)
+            if self.resume_path is not None:
+                self.resume_state = check_checkpoint_compatible(self.resume_path, self.fingerprint)
         self._plan_steps()
         self._build_model_and_optimizer()
         self._register_state()
         return self
 
-    def _describe_model(self, default_data: bool) -> None:
-        """The UNet's config, the noise scheduler and the fingerprint a checkpoint must match to be resumed."""
+    def _describe_model(self, default_data: bool, class_names: Optional[List[str]] = None) -> None:
+        """The UNet's config, the noise scheduler and the fingerprint a checkpoint must match to be resumed (with
+        `class_names`: a class-conditional UNet, and the names are part of the fingerprint)."""
         cfg = self.config
         self.channels = cfg.channels or (1 if default_data else 3)
         self.unet_kwargs = unet_config(
-            cfg.model_preset, cfg.resolution, self.channels, cfg.variance_type, cfg.model_config_name_or_path
+            cfg.model_preset, cfg.resolution, self.channels, cfg.variance_type, cfg.model_config_name_or_path,
+            num_classes=None if class_names is None else len(class_names),
         )
         self.noise_scheduler = DDPMExtScheduler(
             num_train_timesteps=cfg.ddpm_num_steps,
@@ -165,6 +177,8 @@ class DDPMTrainer:
             "use_ema": cfg.use_ema,
             "timestep_sampler": cfg.timestep_sampler,
         }
+        if class_names is not None:
+            self.fingerprint["class_names"] = list(class_names)
 
     def _resolve_resume(self) -> Optional[str]:
         cfg = self.config
@@ -222,8 +236,9 @@ class DDPMTrainer:
             self.schedule, self.train_source, start_micro, self.config.seed,
             num_workers=self.config.dataloader_num_workers, pin_memory=self.accelerator.device.type == "cuda",
         )
-    def _draw(self, micro_step: int, shape: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """This process's slice of the global batch's timesteps, weights, noise and flips for `micro_step`."""
+    def _draw(self, micro_step: int, shape: Tuple[int, ...]) -> Tuple[torch.Tensor, ...]:
+        """This process's slice of the global batch's timesteps, weights, noise, flips and (class-conditional) null
+        class mask for `micro_step`; the mask is drawn last, so unconditional runs draw what they always drew."""
         device = self.accelerator.device
         g = self.step_generator.manual_seed(derive_seed(self.config.seed, SEED_STEP, micro_step))
         global_b = self.schedule.global_batch_size
@@ -232,13 +247,23 @@ class DDPMTrainer:
         timesteps, weights = self.sampler.sample(global_b, device, generator=g)
         noise = torch.randn((global_b, *shape), generator=g, device=device)
         flips = torch.rand(global_b, generator=g, device=device)[lo:hi] < 0.5 if self.config.random_flip else None
-        return timesteps[lo:hi], weights[lo:hi], noise[lo:hi], flips
+        drop = None
+        if self.config.class_conditional:
+            drop = torch.rand(global_b, generator=g, device=device)[lo:hi] < self.config.class_dropout_prob
+        return timesteps[lo:hi], weights[lo:hi], noise[lo:hi], flips, drop
 
-    def _micro_step(self, micro_step: int, pixel_values: torch.Tensor, sync: bool) -> torch.Tensor:
+    def _labels(self, indices: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """The class ids of the rows `indices`, with the null class (id K) where `drop` is set."""
+        labels = self.train_labels[indices].to(self.accelerator.device, non_blocking=True)
+        return torch.where(drop, torch.full_like(labels, len(self.class_names)), labels)
+
+    def _micro_step(self, micro_step: int, pixel_values: torch.Tensor, sync: bool,
+                    indices: Optional[torch.Tensor] = None) -> torch.Tensor:
         cfg = self.config
         accelerator = self.accelerator
         x0 = pixel_values.to(accelerator.device, non_blocking=True)
-        timesteps, weights, noise, flips = self._draw(micro_step, tuple(x0.shape[1:]))
+        timesteps, weights, noise, flips, drop = self._draw(micro_step, tuple(x0.shape[1:]))
+        labels = self._labels(indices, drop) if cfg.class_conditional else None
         if flips is not None:
             x0 = torch.where(flips.view(-1, 1, 1, 1), x0.flip(-1), x0)
         if cfg.channels_last:
@@ -247,7 +272,10 @@ class DDPMTrainer:
         noisy = self.noise_scheduler.add_noise(x0, noise, timesteps)
         context = contextlib.nullcontext() if sync else accelerator.no_sync(self.model)
         with context:
-            model_output = self.model(noisy, timesteps).sample
+            if labels is None:
+                model_output = self.model(noisy, timesteps).sample
+            else:
+                model_output = self.model(noisy, timesteps, class_labels=labels).sample
             losses = training_losses(
                 self.noise_scheduler,
                 model_output.float(),
@@ -274,7 +302,8 @@ class DDPMTrainer:
             micro_step, indices, pixel_values = next(batches)
             if cfg.log_batch_indices:
                 self._log_indices(micro_step, indices)
-            loss = self._micro_step(micro_step, pixel_values, sync=k == cfg.gradient_accumulation_steps - 1)
+            loss = self._micro_step(micro_step, pixel_values, sync=k == cfg.gradient_accumulation_steps - 1,
+                                    indices=indices)
             loss_sum = loss if loss_sum is None else loss_sum + loss
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -426,17 +455,24 @@ class DDPMTrainer:
 
     def _pipeline(self, progress: Optional[str] = None) -> DDPMExtPipeline:
         """The pipeline over the training UNet; `progress` names a progress bar shown on the local main process."""
-        pipe = DDPMExtPipeline(unet=self.accelerator.unwrap_model(self.unet), scheduler=self.noise_scheduler)
+        extra = {} if self.class_names is None else {"id2label": self.id2label}
+        pipe = DDPMExtPipeline(unet=self.accelerator.unwrap_model(self.unet), scheduler=self.noise_scheduler, **extra)
         show = progress is not None and self.accelerator.is_local_main_process
         pipe.set_progress_bar_config(disable=not show, desc=progress, leave=False, dynamic_ncols=True)
         return pipe
+
+    @property
+    def id2label(self) -> Optional[dict]:
+        """{str(id): name} of a class-conditional run (what the saved pipeline carries), else None."""
+        return None if self.class_names is None else {str(i): name for i, name in enumerate(self.class_names)}
 
     def evaluate_bits_per_dim(self) -> float:
         """Mean bits/dim of the held-out images with the EMA weights (sharded over processes)."""
         cfg = self.config
         with self._evaluating():
             value = held_out_bits_per_dim(self._pipeline("held-out bits/dim"), self.eval_images, self.accelerator,
-                                          cfg.seed, cfg.eval_nll_timestep_batch_size, cfg.eval_batch_size)
+                                          cfg.seed, cfg.eval_nll_timestep_batch_size, cfg.eval_batch_size,
+                                          class_labels=self.eval_labels)
         self.last_bits_per_dim = value
         step = self.counter.global_step
         self._start_trackers()
@@ -452,10 +488,14 @@ class DDPMTrainer:
         if not self.accelerator.is_main_process:
             return None
         cfg = self.config
+        labels, columns, count = None, None, cfg.eval_batch_size
+        if self.class_names is not None:  # one row per class, sampled at the pipeline's default guidance
+            labels, columns = class_grid_labels(len(self.class_names), cfg.eval_batch_size)
+            count = len(labels)
         with self._evaluating():
-            images = sample_images(self._pipeline("sample grid"), cfg.eval_batch_size, cfg.seed,
-                                   cfg.ddpm_num_inference_steps, self.accelerator.device)
-        grid = image_grid(images)
+            images = sample_images(self._pipeline("sample grid"), count, cfg.seed, cfg.ddpm_num_inference_steps,
+                                   self.accelerator.device, class_labels=labels)
+        grid = image_grid(images, columns=columns)
         batch = (grid if grid.ndim == 3 else grid[..., None])[None]  # one image, [1, H, W, C]
         step = self.counter.global_step
         self._start_trackers()
@@ -636,7 +676,7 @@ class DDPMTrainer:
         self.save_samples()
         if self.accelerator.is_main_process:
             plot_training_curves(os.path.join(cfg.output_dir, METRICS_FILE), os.path.join(cfg.output_dir, CURVES_PLOT))
-            write_model_card(cfg, result, self.dataset_label, self.unet)
+            write_model_card(cfg, result, self.dataset_label, self.unet, id2label=self.id2label)
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
 

@@ -56,6 +56,7 @@ def unet_config(
     channels: int = 1,
     variance_type: str = "fixed_small",
     model_config_name_or_path: Optional[str] = None,
+    num_classes: Optional[int] = None,
 ) -> Dict[str, Any]:
     """
     The `UNet2DModel` config of a preset (or a user's config file) for images `channels × resolution²`.
@@ -67,6 +68,9 @@ def unet_config(
         variance_type (`str`, defaults to "fixed_small"): the scheduler's; learned types double `out_channels`.
         model_config_name_or_path (`str`, *optional*): a folder with `config.json` or a json file; overrides
             `preset`; `sample_size`, `in_channels` and `out_channels` are still set from the other arguments.
+        num_classes (`int`, *optional*): a class-conditional UNet for classes 0..num_classes-1:
+            `num_class_embeds = num_classes + 1`, the last id being the learned null class of classifier-free
+            guidance. `None`: unconditional (a user config's class embedding is kept as it is).
 
     Returns:
         `dict`: keyword arguments of `UNet2DModel`.
@@ -89,6 +93,15 @@ def unet_config(
     config.update(
         sample_size=resolution, in_channels=channels, out_channels=unet_out_channels(channels, variance_type)
     )
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes={num_classes!r} is not allowed; expected an integer >= 1")
+        if config.get("class_embed_type") is not None:
+            raise ValueError(
+                f"class_embed_type={config['class_embed_type']!r} of the model config takes no class ids; a"
+                " class-conditional UNet needs class_embed_type None (an embedding table of num_class_embeds rows)"
+            )
+        config["num_class_embeds"] = num_classes + 1
     check_resolution(resolution, config.get("block_out_channels", (224, 448, 672, 896)))
     return config
 
@@ -99,6 +112,7 @@ def build_unet(
     channels: int = 1,
     variance_type: str = "fixed_small",
     model_config_name_or_path: Optional[str] = None,
+    num_classes: Optional[int] = None,
 ) -> UNet2DModel:
     """
     A freshly initialised `UNet2DModel` (see `unet_config` for the arguments). Seed torch first for
@@ -107,7 +121,9 @@ def build_unet(
     Returns:
         `UNet2DModel`
     """
-    return UNet2DModel(**unet_config(preset, resolution, channels, variance_type, model_config_name_or_path))
+    return UNet2DModel(
+        **unet_config(preset, resolution, channels, variance_type, model_config_name_or_path, num_classes)
+    )
 
 
 __all__ = ["UNET_PRESETS", "build_unet", "check_resolution", "unet_config", "unet_out_channels"]

@@ -45,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,sample,evaluate,publish}")
     kw = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    demo = sub.add_parser("demo", help="train a small model on the embedded digits, sample, evaluate, save", epilog=EPILOG["demo"], **kw)
+    demo = sub.add_parser(
+        "demo", help="train a small class-conditional model on the embedded digits, sample, evaluate, save",
+        epilog=EPILOG["demo"], **kw,
+    )
     demo.add_argument("--output-dir", default="ddpm-ext-demo", help="where the run goes (default: %(default)s)")
     demo.add_argument("--max-train-steps", type=int, default=200, help="training steps (default: %(default)s)")
     demo.add_argument("--train-timesteps", type=int, default=1000, help="diffusion steps T (default: %(default)s)")
@@ -53,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--resolution", type=int, default=16, help="image size (default: %(default)s)")
     demo.add_argument("--num-samples", type=int, default=256, help="images for the Fréchet distance (default: %(default)s)")
     demo.add_argument("--steps", type=int, default=25, help="sampling steps (default: %(default)s)")
+    demo.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance of the samples (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
 
     train = sub.add_parser(
@@ -433,12 +437,24 @@ def _publish(args, extra) -> int:
 def _demo(args, extra) -> int:
     import torch
 
-    from .evaluation import frechet_distance, reference_digits, sample_images
+    from .data import split_indices
+    from .evaluation import (
+        DigitsClassifierFeatures,
+        classify_digits,
+        digit_of_each_class,
+        frechet_distance,
+        reference_digits,
+        sample_images,
+    )
     from .reporting import save_image_grid
     from .training import TrainingConfig, train
 
     started = time.perf_counter()
     out = args.output_dir
+    if args.num_samples < 10:
+        raise ValueError(f"--num-samples must be >= 10 (at least one image per digit), got {args.num_samples}")
+    if not 0 <= args.guidance_scale < float("inf"):
+        raise ValueError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
     cap = os.environ.get("DDPM_EXT_MAX_TRAIN_STEPS")
     if cap:  # test hook (tests/test_readme.py): a smoke run of every stage, not a product option
         args.max_train_steps = min(args.max_train_steps, int(cap))
@@ -466,9 +482,11 @@ def _demo(args, extra) -> int:
         save_model_epochs=10**6,
         logger="tensorboard",
         seed=args.seed,
+        class_conditional=True,  # the digits' labels: "draw me a 7"
     )
-    print(f"[1/4] training the tiny UNet on the embedded digits ({args.resolution}×{args.resolution}, "
-          f"{args.max_train_steps} steps, IDDPM recipe: cosine schedule, learned variance, hybrid loss)", flush=True)
+    print(f"[1/4] training the tiny class-conditional UNet on the embedded digits ({args.resolution}×{args.resolution}, "
+          f"{args.max_train_steps} steps, IDDPM recipe: cosine schedule, learned variance, hybrid loss; labels dropped"
+          " 10 % of the time for classifier-free guidance)", flush=True)
     result = train(config)
     if result.interrupted_by is not None:
         print(f"training stopped by signal {result.interrupted_by}; checkpoint in {result.checkpoint}", file=sys.stderr)
@@ -476,18 +494,28 @@ def _demo(args, extra) -> int:
     trained = time.perf_counter()
     pipe = _from_pretrained(out)
     steps = min(args.steps, args.train_timesteps)
-    print(f"[2/4] sampling {args.num_samples} images with {steps} steps", flush=True)
-    images = sample_images(pipe, args.num_samples, steps, seed=args.seed, progress=True)
+    labels = torch.arange(args.num_samples) % pipe.num_classes  # image i is digit i mod 10
+    print(f"[2/4] sampling {args.num_samples} images, every digit alike, with {steps} steps and guidance scale"
+          f" {args.guidance_scale:g}", flush=True)
+    images = sample_images(pipe, args.num_samples, steps, seed=args.seed, progress=True, class_labels=labels,
+                           guidance_scale=args.guidance_scale)
     sampled = time.perf_counter()
-    grid = save_image_grid(images[:64], os.path.join(out, "demo_samples.png"))
-    print("[3/4] Fréchet distance (digits-classifier features) against the 1,797 real digits", flush=True)
+    per_row = max(1, min(8, args.num_samples // pipe.num_classes))
+    rows = torch.cat([images[labels == k][:per_row] for k in range(pipe.num_classes)])
+    grid = save_image_grid(rows, os.path.join(out, "demo_samples.png"), columns=per_row)  # row k: digit k
+    print("[3/4] Fréchet distance (digits-classifier features) against the 1,797 real digits; class accuracy", flush=True)
     fd = frechet_distance(reference_digits(args.resolution), images, float_range="[0,1]")
+    accuracy = float((classify_digits(images) == digit_of_each_class(pipe)[labels]).float().mean())
     # the yardstick: real training digits against the real held-out ones
     fd_real = frechet_distance(reference_digits(args.resolution, split="train"), reference_digits(args.resolution, split="test"))
     held_out = reference_digits(args.resolution, split="test")[: args.nll_images]
     print(f"[4/4] bits/dim on {len(held_out)} held-out digits (the whole variational bound, {args.train_timesteps} terms)", flush=True)
     pipe.set_progress_bar_config(disable=False, desc="bits/dim")
-    bpd = pipe.bits_per_dim(held_out, generator=torch.Generator().manual_seed(args.seed), timestep_batch_size=10)
+    # the conditional bound −log p(x | digit): each image with its own label (names "0".."9" are the digits)
+    held_out_digits = DigitsClassifierFeatures.digits_tensors()[1][torch.from_numpy(split_indices(1797, 0.1, 0)[1])]
+    held_out_labels = [pipe.labels[str(int(d))] for d in held_out_digits[: len(held_out)]]
+    bpd = pipe.bits_per_dim(held_out, class_labels=held_out_labels, generator=torch.Generator().manual_seed(args.seed),
+                            timestep_batch_size=10)
     total = time.perf_counter() - started
     summary = {
         "train_steps": result.global_step,
@@ -496,6 +524,8 @@ def _demo(args, extra) -> int:
         "bits_per_dim_seconds": time.perf_counter() - sampled,
         "total_seconds": total,
         "frechet_distance": fd,
+        "class_accuracy": accuracy,
+        "guidance_scale": args.guidance_scale,
         "frechet_distance_real_train_vs_test": fd_real,
         "bits_per_dim": float(bpd.mean()),
         "bits_per_dim_stderr": float(bpd.std() / len(bpd) ** 0.5),
@@ -505,7 +535,7 @@ def _demo(args, extra) -> int:
         json.dump(summary, f, indent=2)
     rows = [
         (os.path.abspath(out) + os.sep, "the saved pipeline (model_index.json, unet/, scheduler/, *.py)"),
-        (os.path.abspath(grid), "a grid of samples"),
+        (os.path.abspath(grid), "samples, one row per digit (row k: digit k)"),
         (os.path.abspath(os.path.join(out, "README.md")), "the model card"),
         (os.path.abspath(os.path.join(out, "demo_results.json")), "these figures"),
     ]
@@ -515,6 +545,7 @@ def _demo(args, extra) -> int:
         f"""
 done in {total / 60:.1f} min (training {summary['train_seconds']:.0f} s, sampling {summary['sampling_seconds']:.0f} s, Fréchet distance and bits/dim {summary['bits_per_dim_seconds']:.0f} s)
   Fréchet distance, {args.num_samples} samples at {steps} steps: {fd:.2f}   (real train vs real held-out: {fd_real:.2f})
+  class accuracy (is a "7" classified as 7? independent digits classifier): {100 * accuracy:.1f} %
   bits/dim on held-out digits: {summary['bits_per_dim']:.3f} ± {summary['bits_per_dim_stderr']:.3f}
 
 files:
@@ -526,7 +557,8 @@ load it:
   # or, with plain diffusers:
   from diffusers import DiffusionPipeline
   pipe = DiffusionPipeline.from_pretrained("{out}", trust_remote_code=True)
-  images = pipe(batch_size=16, num_inference_steps=25).images
+  images = pipe(class_labels="7", batch_size=8, guidance_scale={args.guidance_scale:g}, num_inference_steps=25).images
+  # or: ddpm-ext sample --model {out} --class 7 --guidance-scale {args.guidance_scale:g} --out sevens.png
 """
     )
     return 0

@@ -100,14 +100,22 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main([
         "demo", "--output-dir", str(out), "--max-train-steps", "2", "--resolution", "8", "--train-timesteps", "20",
-        "--num-samples", "8", "--steps", "5", "--nll-images", "4",
+        "--num-samples", "20", "--steps", "5", "--nll-images", "4",
     ])
     assert code == 0
     summary = json.loads((out / "demo_results.json").read_text())
     assert summary["train_steps"] == 2 and summary["bits_per_dim"] > 0 and summary["frechet_distance"] > 0
+    assert 0 <= summary["class_accuracy"] <= 1 and summary["guidance_scale"] == 3.0
     printed = capsys.readouterr().out
     assert 'DiffusionPipeline.from_pretrained("' in printed and "demo_samples.png" in printed
-    assert DDPMExtPipeline.from_pretrained(out).unet.config.sample_size == 8
+    assert 'class_labels="7"' in printed and "class accuracy" in printed
+    pipe = DDPMExtPipeline.from_pretrained(out)
+    assert pipe.unet.config.sample_size == 8 and pipe.labels == {str(d): d for d in range(10)}
+    # the grid: one row per digit, 2 samples each (20 samples), 8×8 tiles with 1-pixel borders, upscaled
+    from PIL import Image
+
+    width, height = Image.open(out / "demo_samples.png").size
+    assert width * (10 * 9 + 1) == height * (2 * 9 + 1)
 
 
 # ----------------------------------------------------------------------------- errors at the edges (issue 18, 4)

@@ -196,6 +196,15 @@ def test_the_classes_are_part_of_what_a_resume_must_match(tmp_path):
     assert check_checkpoint_compatible(str(tmp_path), expected)["class_names"] == ["cat", "dog"]
 
 
+def test_resuming_with_another_dropout_or_label_column_warns_that_it_is_not_exact():
+    from ddpm_ext.training.checkpoints import exactness_differences
+
+    saved = {"config": {"class_dropout_prob": 0.1, "label_column": None}}
+    lines = exactness_differences(saved, {"class_dropout_prob": 0.2, "label_column": "kind"}, 1)
+    assert lines == ["class_dropout_prob: checkpoint 0.1, this run 0.2", "label_column: checkpoint None, this run 'kind'"]
+    assert exactness_differences(saved, dict(saved["config"]), 1) == []
+
+
 # ---------------------------------------------------------------------- the trainer in this process
 @pytest.fixture
 def conditional_trainer(tmp_path):
@@ -290,6 +299,17 @@ def test_the_card_of_a_conditional_model_lists_its_classes_and_shows_sampling_by
     assert 'pipe(batch_size=16, class_labels="7", guidance_scale=3.0' in digits.text
     plain = model_card("me/plain", unet, {})
     assert "## Classes" not in plain.text and "class_labels" not in plain.text
+
+
+def test_a_pushed_conditional_pipeline_gets_a_card_with_its_classes(hub_server, hf_token):
+    from ddpm_ext import DDPMExtPipeline, DDPMExtScheduler
+
+    pipe = DDPMExtPipeline(unet=tiny_unet(num_class_embeds=3), scheduler=DDPMExtScheduler(num_train_timesteps=10),
+                           id2label={"0": "cat", "1": "dog"})
+    pipe.push_to_hub("tester/pets-card", token=hf_token)
+    card = ModelCard.load("tester/pets-card", token=hf_token)
+    assert "| 1 | dog |" in card.text and 'class_labels="dog"' in card.text
+    assert card.data.ddpm_ext_id2label == {"0": "cat", "1": "dog"}
 
 
 # ---------------------------------------------------------------------- real runs (subprocesses)

@@ -13,10 +13,12 @@ dropout 0.1). Then:
 3. The guided step's cost: the UNet forward of one conditional batch B, the guided forward (conditional and null
    inputs as one batch of 2B) and two separate forwards of B, medians of repeated timings, as ratios.
 
-Writes `results.json`, `guidance.png` (accuracy and FD against the scale; FD against accuracy) and a grid with one
-row per digit at each scale into --out, and prints the tables.
+Writes `results.json`, `guidance.png` (accuracy and FD against the scale; FD against accuracy) and
+`rows_per_digit_by_scale.png` (one row per digit; 4 samples at each scale, left to right) into --out, and prints the
+tables.
 
     python benchmarks/bench_guidance.py --out benchmarks/guidance                 # the full run
+    python benchmarks/bench_guidance.py --out benchmarks/guidance --reuse         # evaluate the trained models again
     python benchmarks/bench_guidance.py --smoke --out /tmp/g                      # seconds-long wiring check
 """
 
@@ -144,10 +146,13 @@ def main(argv=None) -> int:
     pipe = DDPMExtPipeline.from_pretrained(folders["conditional"])
     pipe.set_progress_bar_config(disable=True)
     guided = evaluate_guidance(pipe, real, scales, args.num_samples, steps=args.steps, seed=args.seed)
-    labels = torch.arange(10).repeat_interleave(8)
-    for scale in scales:
-        grid = sample_images(pipe, len(labels), args.steps, seed=args.seed, class_labels=labels, guidance_scale=scale)
-        save_image_grid(grid, os.path.join(args.out, f"rows_per_digit_s{scale:g}.png"), columns=8)
+    labels = torch.arange(10).repeat_interleave(4)
+    grids = [sample_images(pipe, len(labels), args.steps, seed=args.seed, class_labels=labels, guidance_scale=scale)
+             for scale in scales]
+    # one row per digit; the scales side by side (the same seeds in every block of 4 columns)
+    side_by_side = torch.stack(grids, dim=1).reshape(10, 4 * len(scales), *grids[0].shape[1:])
+    save_image_grid(side_by_side.flatten(0, 1), os.path.join(args.out, "rows_per_digit_by_scale.png"),
+                    columns=4 * len(scales))
     cost = guided_step_cost(pipe, 64, args.repeats)
 
     results = {

@@ -39,6 +39,19 @@ def test_quality_benchmark_smoke(tmp_path):
     assert "| iddpm |" in result.stdout
 
 
+def test_guidance_benchmark_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "bench_guidance.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["guidance_scale"] for r in results["guidance"]["guidance"]] == [0.0, 3.0]
+    assert results["guided_step_cost"]["guided_forward_s"] > 0
+    assert (tmp_path / "guidance.png").is_file() and (tmp_path / "rows_per_digit_by_scale.png").is_file()
+    assert "| guidance scale | class accuracy | Fréchet distance |" in result.stdout
+
+
 def test_quality_claims_need_two_standard_errors_or_a_ten_percent_gap():
     sys.path.insert(0, str(BENCH))
     try:

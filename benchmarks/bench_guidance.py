@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     side_by_side = torch.stack(grids, dim=1).reshape(10, 4 * len(scales), *grids[0].shape[1:])
     save_image_grid(side_by_side.flatten(0, 1), os.path.join(args.out, "rows_per_digit_by_scale.png"),
                     columns=4 * len(scales))
-    cost = guided_step_cost(pipe, 64, args.repeats)
+    cost = [guided_step_cost(pipe, b, args.repeats) for b in (8, 64)]
 
     results = {
         "command": command,
@@ -162,6 +162,7 @@ def main(argv=None) -> int:
         "resolution": args.resolution,
         "unconditional_frechet_distance": unconditional_fd,
         "guidance": guided,
+        "threads": torch.get_num_threads(),
         "guided_step_cost": cost,
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -175,8 +176,10 @@ def main(argv=None) -> int:
     print("| ---: | ---: | ---: |")
     for row in guided["guidance"]:
         print(f"| {row['guidance_scale']:g} | {100 * row['class_accuracy']:.1f} % | {row['frechet_distance']:.3f} |")
-    print(f"\nguided forward (2×{cost['batch_size']} in one call) / conditional forward ({cost['batch_size']}):"
-          f" {cost['guided_over_conditional']:.2f}×; two separate forwards: {cost['separate_over_conditional']:.2f}×")
+    for c in cost:
+        print(f"\nguided forward (2×{c['batch_size']} in one call) / conditional forward ({c['batch_size']}):"
+              f" {c['guided_over_conditional']:.2f}×; two separate forwards: {c['separate_over_conditional']:.2f}×"
+              f" ({torch.get_num_threads()} threads)")
     return 0
 
 

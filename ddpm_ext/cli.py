@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--resolution", type=int, default=16, help="image size (default: %(default)s)")
     demo.add_argument("--num-samples", type=int, default=256, help="images for the Fréchet distance (default: %(default)s)")
     demo.add_argument("--steps", type=int, default=25, help="sampling steps (default: %(default)s)")
-    demo.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance of the samples (default: %(default)s)")
+    demo.add_argument("--guidance-scale", type=float, default=1.5, help="classifier-free guidance of the samples (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
 
     train = sub.add_parser(
@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sample.add_argument(
         "--guidance-scale", type=float, default=None,
-        help="classifier-free guidance s: 0 unconditional, 1 plain conditional, > 1 stronger (default: the pipeline's, 3)",
+        help="classifier-free guidance s: 0 unconditional, 1 plain conditional, > 1 stronger (default: the pipeline's, 1.5)",
     )
     sample.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
 

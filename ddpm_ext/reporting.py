@@ -243,7 +243,7 @@ def model_card(
     if id2label:
         name = id2label.get("7", id2label[sorted(id2label, key=int)[-1]])
         lines += [
-            f"images = pipe(batch_size=16, class_labels={json.dumps(name)}, guidance_scale=3.0,"
+            f"images = pipe(batch_size=16, class_labels={json.dumps(name)}, guidance_scale=1.5,"
             f" num_inference_steps={num_inference_steps}).images",
             f"labels = torch.full((16,), pipe.labels[{json.dumps(name)}])",
             "bits_per_dim = pipe.bits_per_dim(images, class_labels=labels)  # the conditional likelihood bound",

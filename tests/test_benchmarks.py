@@ -47,7 +47,8 @@ def test_guidance_benchmark_smoke(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["guidance_scale"] for r in results["guidance"]["guidance"]] == [0.0, 3.0]
-    assert results["guided_step_cost"]["guided_forward_s"] > 0
+    assert [c["batch_size"] for c in results["guided_step_cost"]] == [8, 64]
+    assert all(c["guided_forward_s"] > 0 for c in results["guided_step_cost"])
     assert (tmp_path / "guidance.png").is_file() and (tmp_path / "rows_per_digit_by_scale.png").is_file()
     assert "| guidance scale | class accuracy | Fréchet distance |" in result.stdout
 
@@ -79,6 +80,7 @@ def test_quality_claims_need_two_standard_errors_or_a_ten_percent_gap():
     assert by_start["learned variances keep quality at 10 steps"].endswith("— not held")
 
 
+@pytest.mark.slow  # ~7 min: trains and evaluates both recipes (`python -m pytest -q -m slow`; CI runs it)
 def test_vs_stock_benchmark_smoke(tmp_path):
     """The whole time-to-quality chain (data, both recipes side by side, snapshots, evaluation, report) at toy sizes."""
     result = subprocess.run(

@@ -58,7 +58,7 @@ def test_sample_defaults_to_one_row_per_class(conditional_dir, tmp_path, capsys)
     out = tmp_path / "rows.png"
     assert main(["sample", "--model", str(conditional_dir), "--num", "3", "--steps", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "30 images, one row per class (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)" in printed and "guidance scale 3" in printed
+    assert "30 images, one row per class (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)" in printed and "guidance scale 1.5" in printed
     width, height = _grid_shape(out)
     # 10 rows × 3 columns of 8×8 tiles with 1-pixel borders, upscaled by one integer factor
     assert width * (10 * 9 + 1) == height * (3 * 9 + 1)

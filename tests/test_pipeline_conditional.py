@@ -75,7 +75,7 @@ def test_scale_zero_is_the_null_prediction_and_one_the_conditional():
     g = torch.Generator().manual_seed(1)
     cond, uncond = torch.randn(2, 2, 1, 4, 4, generator=g)
     assert torch.equal(classifier_free_guidance(cond, uncond, 0.0, 1), uncond)
-    torch.testing.assert_close(classifier_free_guidance(cond, uncond, 1.0, 1), cond, atol=1e-7, rtol=0)
+    torch.testing.assert_close(classifier_free_guidance(cond, uncond, 1.0, 1), cond, atol=1e-6, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------- the guided forward
@@ -91,15 +91,15 @@ def test_batched_guidance_equals_two_separate_forwards(variance_type):
         cond = pipe.unet(x, t, class_labels=labels).sample
         uncond = pipe.unet(x, t, class_labels=null).sample
         pipe._class_labels = labels
-        for scale in (0.0, 1.0, 2.5):
+        for scale in (1.0, 2.5, 0.3):
             pipe._guidance_scale = scale
             got = pipe._predict(x, t, channels=1)
             expected = uncond.clone()
             expected[:, :1] = uncond[:, :1] + scale * (cond[:, :1] - uncond[:, :1])
             if variance_type == "learned_range":
-                expected[:, 1:] = cond[:, 1:]
+                expected[:, 1:] = cond[:, 1:]  # the conditional pass's variance (GLIDE)
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-        # the extremes take one forward of the right kind, exactly
+        # the extremes take one forward of the right kind, exactly; s = 0 is the null model alone, its variance too
         pipe._guidance_scale = 0.0
         assert torch.equal(pipe._predict(x, t, channels=1), uncond)
         pipe._guidance_scale = 1.0

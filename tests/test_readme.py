@@ -136,3 +136,5 @@ def test_readme_test_command_is_what_ci_runs():
     readme = README.read_text(encoding="utf-8")
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
+    # the slow end-to-end tests, left out of the default run, are still run by CI
+    assert "python -m pytest -q -m slow" in readme and "python -m pytest -q -m slow" in ci

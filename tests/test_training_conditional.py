@@ -292,11 +292,11 @@ def test_the_card_of_a_conditional_model_lists_its_classes_and_shows_sampling_by
                       class_dropout_prob=0.15)
     assert "| 0 | bird |" in card.text and "| 2 | dog |" in card.text
     assert "one row per class" in card.text and "0.15" in card.text
-    assert 'class_labels="dog", guidance_scale=3.0' in card.text
+    assert 'class_labels="dog", guidance_scale=1.5' in card.text
     assert card.data.ddpm_ext_id2label == id2label
     assert "class-conditional" in card.data.tags and "unconditional-image-generation" not in card.data.tags
     digits = model_card("me/digits", unet, {}, id2label={i: str(i) for i in range(10)})  # as pipe.id2label
-    assert 'pipe(batch_size=16, class_labels="7", guidance_scale=3.0' in digits.text
+    assert 'pipe(batch_size=16, class_labels="7", guidance_scale=1.5' in digits.text
     plain = model_card("me/plain", unet, {})
     assert "## Classes" not in plain.text and "class_labels" not in plain.text
 
@@ -341,7 +341,7 @@ def test_cli_conditional_run_saves_a_pipeline_with_its_classes(conditional_run):
     bpd = [r["bits_per_dim"] for r in rows if "bits_per_dim" in r]
     assert len(bpd) == 2 and all(0 < v < 20 for v in bpd)
     card = ModelCard.load(str(out / "README.md"))
-    assert "| 7 | 7 |" in card.text and 'class_labels="7", guidance_scale=3.0' in card.text
+    assert "| 7 | 7 |" in card.text and 'class_labels="7", guidance_scale=1.5' in card.text
     assert card.data.ddpm_ext_training_config["class_dropout_prob"] == 0.25
 
     from ddpm_ext import DDPMExtPipeline

@@ -54,7 +54,7 @@ def test_readme_python_snippets_run_each_on_its_own(tmp_path, monkeypatch):
     blocks = [text for lang, text in _blocks() if lang == "python"]
     assert len(blocks) >= 3
     pipe = DDPMExtPipeline(  # like the demo's model: class-conditional on the ten digits
-        tiny_unet(1, 2, sample_size=16, num_class_embeds=11),
+        tiny_unet(1, 2, sample_size=8, num_class_embeds=11),
         DDPMExtScheduler(num_train_timesteps=100, variance_type="learned_range"),
         id2label={i: str(i) for i in range(10)},
     )

@@ -105,6 +105,10 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     assert code == 0
     summary = json.loads((out / "demo_results.json").read_text())
     assert summary["train_steps"] == 2 and summary["bits_per_dim"] > 0 and summary["frechet_distance"] > 0
+    # the bits/dim digits are held out of training by the trainer itself (1,797 - 4 trained on)
+    assert summary["bits_per_dim_held_out_images"] == 4
+    card = (out / "README.md").read_text()  # the trainer's own held-out evaluation, the figure the demo prints
+    assert "eval_nll_num_images: 4" in card and f"held_out_bits_per_dim: {summary['bits_per_dim']:.4f}" in card
     assert 0 <= summary["class_accuracy"] <= 1 and summary["guidance_scale"] == 1.5
     printed = capsys.readouterr().out
     assert 'DiffusionPipeline.from_pretrained("' in printed and "demo_samples.png" in printed

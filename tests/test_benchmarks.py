@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
         ("bench_train.py", ["--resolution", "8", "--batch_size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1"], "ratio"),
         ("bench_train.py", ["--resolution", "8", "--batch_size", "4", "--steps", "1", "--warmup", "1", "--repeats", "1",
                             "--clock", "cpu", "--threads", "1", "--profile", "1"], "self CPU time by bucket: convolution"),
+        ("bench_demo_step.py", [], "8×8: training step"),
     ],
 )
 def test_benchmark_smoke(script, args, expect, tmp_path):

@@ -281,10 +281,13 @@ class DDPMExtPipeline(DDPMPipeline):
         scale = self._guidance_scale
         if scale is None or scale == 1:
             return self.unet(sample, timestep, class_labels=labels).sample
-        null = torch.full_like(labels, self.null_class_id)
+        cached = getattr(self, "_guided_labels", None)  # (labels, [labels; null]): built once per set of labels
+        if cached is None or cached[0] is not labels:
+            cached = self._guided_labels = (labels, torch.cat([labels, torch.full_like(labels, self.null_class_id)]))
+        both_labels = cached[1]
         if scale == 0:
-            return self.unet(sample, timestep, class_labels=null).sample
-        both = self.unet(torch.cat([sample, sample]), timestep, class_labels=torch.cat([labels, null])).sample
+            return self.unet(sample, timestep, class_labels=both_labels[len(labels):]).sample
+        both = self.unet(torch.cat([sample, sample]), timestep, class_labels=both_labels).sample
         conditional, unconditional = both.chunk(2)
         return classifier_free_guidance(conditional, unconditional, scale, channels)
 

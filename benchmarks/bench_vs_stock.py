@@ -151,7 +151,7 @@ class StockRecipe:
                             model_config=model.config)
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
                                              prediction_type="epsilon")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=OPTIM["learning_rate"],
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate,
                                       betas=(OPTIM["adam_beta1"], OPTIM["adam_beta2"]),
                                       weight_decay=OPTIM["adam_weight_decay"], eps=OPTIM["adam_epsilon"])
         dataset = datasets.load_dataset("imagefolder", data_dir=args.train_dir, split="train")
@@ -171,7 +171,7 @@ class StockRecipe:
         dataset.set_transform(transform_images)
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=0,
                                              generator=torch.Generator().manual_seed(args.seed))
-        lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=OPTIM["lr_warmup_steps"],
+        lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
                                      num_training_steps=horizon)
         self.model, self.optimizer, self.loader, self.lr_scheduler = accelerator.prepare(
             model, optimizer, loader, lr_scheduler)
@@ -228,7 +228,8 @@ class ExtRecipe:
             train_data_dir=args.train_dir, output_dir=os.path.join(args.run_dir, "trainer"),
             model_preset=args.preset, resolution=args.resolution, channels=args.channels, center_crop=True,
             train_batch_size=args.batch_size, max_train_steps=horizon, lr_scheduler="cosine", use_ema=True,
-            logger="none", seed=args.seed, logging_steps=10, **EXT_RECIPE, **OPTIM,
+            logger="none", seed=args.seed, logging_steps=10, **EXT_RECIPE,
+            **dict(OPTIM, learning_rate=args.learning_rate, lr_warmup_steps=args.lr_warmup_steps),
         )
         self.trainer = DDPMTrainer(config).setup()
 
@@ -281,10 +282,16 @@ def train_one(args) -> None:
             info = {"recipe": args.recipe, "budget_min": budget, "cpu_s": cpu, "steps": loop.global_step,
                     "images": loop.global_step * args.batch_size,
                     "wall_s": time.perf_counter() - wall_start, "threads": torch.get_num_threads(),
-                    "lr_horizon_steps": horizon, "batch_size": args.batch_size}
+                    "lr_horizon_steps": horizon, "batch_size": args.batch_size,
+                    "learning_rate": args.learning_rate, "lr_warmup_steps": args.lr_warmup_steps}
             with open(os.path.join(folder, "snapshot.json"), "w") as fh:
                 json.dump(info, fh, indent=1)
             print(json.dumps(info), flush=True)
+
+
+def run_name(args) -> str:
+    """The folder of a pair of runs under `<out>/runs/`: the data set's name, or `<data>-<name>` with `--run_name`."""
+    return args.data if not args.run_name else f"{args.data}-{args.run_name}"
 
 
 def launch(args) -> None:
@@ -292,13 +299,14 @@ def launch(args) -> None:
     data = DATASETS[args.data]
     procs = []
     for recipe in args.recipes:
-        run_dir = os.path.join(args.out, "runs", args.data, recipe)
+        run_dir = os.path.join(args.out, "runs", run_name(args), recipe)
         os.makedirs(run_dir, exist_ok=True)
         cmd = [sys.executable, os.path.abspath(__file__), "_train_one", "--recipe", recipe, "--run_dir", run_dir,
                "--train_dir", os.path.join(args.out, "data", args.data, "train"), "--preset", args.preset,
                "--resolution", str(data["resolution"]), "--channels", str(data["channels"]),
                "--batch_size", str(args.batch_size), "--seed", str(args.seed),
-               "--lr_horizon_steps", str(args.lr_horizon_steps), "--budgets", *map(str, args.budgets)]
+               "--lr_horizon_steps", str(args.lr_horizon_steps), "--learning_rate", str(args.learning_rate),
+               "--lr_warmup_steps", str(args.lr_warmup_steps), "--budgets", *map(str, args.budgets)]
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_DATASETS_OFFLINE="1",
                    TOKENIZERS_PARALLELISM="false")
         log = open(os.path.join(run_dir, "stdout.log"), "w")
@@ -309,7 +317,7 @@ def launch(args) -> None:
             failed.append(recipe)
         log.close()
     if failed:
-        tails = {r: open(os.path.join(args.out, "runs", args.data, r, "stdout.log")).read()[-3000:] for r in failed}
+        tails = {r: open(os.path.join(args.out, "runs", run_name(args), r, "stdout.log")).read()[-3000:] for r in failed}
         raise SystemExit(f"training failed for {failed}: {tails}")
 
 
@@ -439,7 +447,7 @@ def evaluate(args) -> None:
     floor_n = min(args.num_samples, len(real))
     floor = _fd(metric, images_to_unit_float(real[torch.randperm(len(real), generator=torch.Generator().manual_seed(1))[:floor_n]]))
     nll = test[: args.nll_images]
-    runs = os.path.join(args.out, "runs", args.data)
+    runs = os.path.join(args.out, "runs", run_name(args))
     for recipe in args.recipes:
         folders = sorted((d for d in os.listdir(os.path.join(runs, recipe)) if d.startswith("budget_")),
                          key=lambda d: float(d.split("_")[1]))
@@ -556,7 +564,8 @@ def crossing(points, target: float):
 def report(args) -> None:
     lines = []
     curves = {}
-    for data in DATASETS:
+    runs = os.path.join(args.out, "runs")
+    for data in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:  # "digits", "digits-<run_name>", "shapes"
         rows = collect(args.out, data)
         if not rows:
             continue
@@ -565,7 +574,9 @@ def report(args) -> None:
             with open(os.path.join(args.results_dir, f"results_{data}.json"), "w") as fh:
                 json.dump(rows, fh, indent=1)
         any_row = next(iter(rows.values()))[0]
-        lines.append(f"### {data} ({any_row.get('features')}; FD floor, {any_row.get('fd_floor_n')} real images vs"
+        lr = any_row["info"].get("learning_rate", OPTIM["learning_rate"])
+        warmup = any_row["info"].get("lr_warmup_steps", OPTIM["lr_warmup_steps"])
+        lines.append(f"### {data}, lr {lr:g}, warm-up {warmup} ({any_row.get('features')}; FD floor, {any_row.get('fd_floor_n')} real images vs"
                      f" the reference: {any_row.get('fd_floor', float('nan')):.2f})\n")
         lines.append("| recipe | budget (CPU-min) | steps | FD@1000 | FD@50 | FD@25 | bits/dim | sampling ms/image @1000, CPU / wall | @50 |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -596,9 +607,22 @@ def report(args) -> None:
         if pts.get("stock") and pts.get("ext"):
             final_budget, final_fd = pts["stock"][-1]
             x = crossing(pts["ext"], final_fd)
-            when = f"{x:.1f} CPU-minutes" if x is not None else f"not within {pts['ext'][-1][0]:g} CPU-minutes"
-            lines.append(f"**{data}: ddpm-ext (50 steps) reaches the stock recipe's final FD ({final_fd:.2f} at"
-                         f" {final_budget:g} CPU-minutes, 1000 steps) after {when} instead of {final_budget:g}.**\n")
+            target = f"the stock recipe's final FD ({final_fd:.2f} at {final_budget:g} CPU-minutes, 1000 steps)"
+            if x is not None:
+                lines.append(f"**{data}: ddpm-ext (50 steps) reaches {target} after {x:.1f} CPU-minutes instead of"
+                             f" {final_budget:g}.**\n")
+            else:
+                lines.append(f"**{data}: ddpm-ext (50 steps) does not reach {target} within its"
+                             f" {pts['ext'][-1][0]:g} CPU-minutes (best: {min(y for _, y in pts['ext']):.2f}).**\n")
+        bpd = {rec: [(r["info"]["budget_min"], r["bits_per_dim"]["mean"]) for r in rs if r.get("bits_per_dim")]
+               for rec, rs in rows.items()}
+        if bpd.get("stock") and bpd.get("ext"):
+            final_budget, final_bpd = bpd["stock"][-1]
+            x = crossing(bpd["ext"], final_bpd)
+            when = (f"after {x:.1f} CPU-minutes instead of {final_budget:g}" if x is not None
+                    else f"not within {bpd['ext'][-1][0]:g} CPU-minutes")
+            lines.append(f"**{data}: ddpm-ext reaches the stock recipe's final bits/dim ({final_bpd:.3f} at"
+                         f" {final_budget:g} CPU-minutes) {when}.**\n")
     text = "\n".join(lines)
     print(text)
     if args.plot and curves:
@@ -624,7 +648,8 @@ def report(args) -> None:
             ax.set_xlabel("training budget (CPU-minutes, 1 thread)")
             ax.set_ylabel("Fréchet distance")
             ax.set_yscale("log")
-            ax.set_title(f"{data} ({DATASETS[data]['resolution']}×{DATASETS[data]['resolution']})")
+            size = DATASETS[data.split("-", 1)[0]]["resolution"]
+            ax.set_title(f"{data} ({size}×{size})")
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.plot)
@@ -651,15 +676,20 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr_horizon_steps", type=int, default=10000,
                    help="the cosine schedule's num_training_steps (both recipes); must exceed the steps reached")
+    p.add_argument("--learning_rate", type=float, default=OPTIM["learning_rate"],
+                   help="peak AdamW learning rate of both recipes (default: train_unconditional.py's)")
+    p.add_argument("--lr_warmup_steps", type=int, default=OPTIM["lr_warmup_steps"])
+    p.add_argument("--run_name", help="runs go to <out>/runs/<data>-<run_name> (e.g. another learning rate)")
     p = sub.add_parser("_train_one")
     for name, kind in (("--recipe", str), ("--run_dir", str), ("--train_dir", str), ("--preset", str),
                        ("--resolution", int), ("--channels", int), ("--batch_size", int), ("--seed", int),
-                       ("--lr_horizon_steps", int)):
+                       ("--lr_horizon_steps", int), ("--learning_rate", float), ("--lr_warmup_steps", int)):
         p.add_argument(name, type=kind, required=True)
     p.add_argument("--budgets", type=float, nargs="+", required=True)
     p = sub.add_parser("evaluate")
     p.add_argument("--out", required=True)
     p.add_argument("--data", choices=list(DATASETS), default="digits")
+    p.add_argument("--run_name", help="evaluate <out>/runs/<data>-<run_name>")
     p.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
     p.add_argument("--steps", type=int, nargs="*", default=[50, 25, 1000])
     p.add_argument("--ext_1000_budgets", type=float, nargs="*", default=[],
@@ -715,7 +745,13 @@ def smoke(out: str) -> None:
         run("evaluate", "--out", out, "--data", data, "--steps", "2", "5",
             "--num_samples", "8", "--batch_size", "8", "--bootstrap", "2", "--nll_images", "2",
             "--nll_timestep_batch_size", "250")
-    run("report", "--out", out, "--plot", os.path.join(out, "vs_stock.png"), "--markdown", os.path.join(out, "table.md"))
+    # another optimizer setting for both recipes, in its own run folder (runs/digits-lr2e-3)
+    run("train", "--out", out, "--data", "digits", "--budgets", "0.02", "--batch_size", "4", "--lr_horizon_steps", "100000",
+        "--learning_rate", "2e-3", "--lr_warmup_steps", "10", "--run_name", "lr2e-3")
+    run("evaluate", "--out", out, "--data", "digits", "--run_name", "lr2e-3", "--steps", "2", "--num_samples", "8",
+        "--batch_size", "8", "--bootstrap", "2", "--nll_images", "0")
+    run("report", "--out", out, "--plot", os.path.join(out, "vs_stock.png"), "--markdown", os.path.join(out, "table.md"),
+        "--results_dir", out)
 
 
 if __name__ == "__main__":

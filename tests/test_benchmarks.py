@@ -106,7 +106,17 @@ def test_vs_stock_benchmark_smoke(tmp_path):
         assert {k: v for k, v in ext.items() if k not in ("out_channels", "_diffusers_version")} == {
             k: v for k, v in stock.items() if k not in ("out_channels", "_diffusers_version")}
     assert (tmp_path / "vs_stock.png").is_file()
-    assert "| stock | 0.04 |" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "| stock | 0.04 |" in table and "### digits, lr 0.0001, warm-up 500" in table
+    # --learning_rate / --lr_warmup_steps / --run_name: both recipes with another optimizer setting, in their own folder
+    assert "### digits-lr2e-3, lr 0.002, warm-up 10" in table
+    for recipe in ("stock", "ext"):
+        folder = tmp_path / "runs" / "digits-lr2e-3" / recipe / "budget_0.02"
+        snapshot = json.loads((folder / "snapshot.json").read_text())
+        assert (snapshot["learning_rate"], snapshot["lr_warmup_steps"]) == (2e-3, 10)
+        assert set(json.loads((folder / "eval.json").read_text())["fd"]) == {"2"}
+    raw = json.loads((tmp_path / "results_digits-lr2e-3.json").read_text())
+    assert {row["info"]["learning_rate"] for rows in raw.values() for row in rows} == {2e-3}
 
 
 def test_vs_stock_time_to_quality_crossing():

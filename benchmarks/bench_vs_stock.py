@@ -633,10 +633,10 @@ def report(args) -> None:
 
         fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), dpi=120, squeeze=False)
         for ax, (data, (rows, pts)) in zip(axes[0], curves.items()):
-            for rec, label, style in (("stock", "stock recipe, DDPMPipeline 1000 steps", "o-"),
-                                      ("ext", "ddpm-ext recipe, 50 steps", "s-")):
+            for rec, label, style, color in (("stock", "stock recipe, DDPMPipeline 1000 steps", "o-", "tab:blue"),
+                                             ("ext", "ddpm-ext recipe, 50 steps", "s-", "tab:orange")):
                 if pts.get(rec):
-                    ax.plot(*zip(*pts[rec]), style, label=label)
+                    ax.plot(*zip(*pts[rec]), style, color=color, label=label)
             if "ext" in rows:
                 ext1000 = [(r["info"]["budget_min"], r["fd"]["1000"]["fd"]) for r in rows["ext"] if "1000" in r.get("fd", {})]
                 if ext1000:

@@ -19,7 +19,9 @@ Recipes:
     python benchmarks/bench_vs_stock.py make-data --out /tmp/vs                  # digits + shapes folders
     python benchmarks/bench_vs_stock.py train --out /tmp/vs --data digits --budgets 2 5 10 20   # both recipes
     python benchmarks/bench_vs_stock.py evaluate --out /tmp/vs --data digits
-    python benchmarks/bench_vs_stock.py report --out /tmp/vs --plot benchmarks/vs_stock.png
+    python benchmarks/bench_vs_stock.py report --out /tmp/vs --plot benchmarks/vs_stock.png --results_dir benchmarks/vs_stock
+    # both recipes under another optimizer setting, in runs/digits-lr2e-3 (evaluate with the same --run_name):
+    python benchmarks/bench_vs_stock.py train --out /tmp/vs --data digits --learning_rate 2e-3 --lr_warmup_steps 100 --run_name lr2e-3
     python benchmarks/bench_vs_stock.py smoke --out /tmp/vs-smoke               # seconds: the whole chain, tiny
 """
 

@@ -451,6 +451,8 @@ def _demo(args, extra) -> int:
     out = args.output_dir
     if args.num_samples < 10:
         raise ValueError(f"--num-samples must be >= 10 (at least one image per digit), got {args.num_samples}")
+    if not 1 <= args.nll_images < 1797 - 64:  # the held-out digits leave at least one training batch
+        raise ValueError(f"--nll-images must be an integer in [1, {1797 - 64 - 1}], got {args.nll_images}")
     if not 0 <= args.guidance_scale < float("inf"):
         raise ValueError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
     cap = os.environ.get("DDPM_EXT_MAX_TRAIN_STEPS")

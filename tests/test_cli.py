@@ -62,6 +62,7 @@ def test_evaluate_prints_a_table_and_writes_json_and_plot(model_dir, tmp_path, c
         (["evaluate", "--model", "MODEL", "--steps", "ten"], "--steps must be comma-separated integers"),
         (["evaluate", "--model", "MODEL", "--steps", "5,50"], r"steps must be integers in [1, 20]"),
         (["sample", "--model", "MODEL", "--num", "0"], "--num must be >= 1"),
+        (["demo", "--output-dir", "MODEL_PARENT/demo-x", "--nll-images", "0"], "--nll-images must be an integer in [1, 1732]"),
         (["publish", "MODEL_PARENT", "--repo-id", "tester/x"], "holds no saved pipeline"),
     ],
 )

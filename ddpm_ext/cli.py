@@ -451,8 +451,9 @@ def _demo(args, extra) -> int:
     out = args.output_dir
     if args.num_samples < 10:
         raise ValueError(f"--num-samples must be >= 10 (at least one image per digit), got {args.num_samples}")
-    if not 1 <= args.nll_images < 1797 - 64:  # the held-out digits leave at least one training batch
-        raise ValueError(f"--nll-images must be an integer in [1, {1797 - 64 - 1}], got {args.nll_images}")
+    batch_size, num_digits = 64, 1797
+    if not 1 <= args.nll_images < num_digits - batch_size:  # the held-out digits leave at least one training batch
+        raise ValueError(f"--nll-images must be an integer in [1, {num_digits - batch_size - 1}], got {args.nll_images}")
     if not 0 <= args.guidance_scale < float("inf"):
         raise ValueError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
     cap = os.environ.get("DDPM_EXT_MAX_TRAIN_STEPS")
@@ -465,7 +466,7 @@ def _demo(args, extra) -> int:
         resolution=args.resolution,
         model_preset="tiny",
         max_train_steps=args.max_train_steps,
-        train_batch_size=64,
+        train_batch_size=batch_size,
         learning_rate=2e-3,
         lr_warmup_steps=min(100, args.max_train_steps // 10),
         use_ema=True,

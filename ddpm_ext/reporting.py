@@ -241,9 +241,11 @@ def model_card(
         f'pipe = DDPMExtPipeline.from_pretrained("{repo_id}")',
     ]
     if id2label:
+        from .pipelines.pipeline_ddpm_ext import DEFAULT_GUIDANCE_SCALE  # torch: only for a conditional model's card
+
         name = id2label.get("7", id2label[sorted(id2label, key=int)[-1]])
         lines += [
-            f"images = pipe(batch_size=16, class_labels={json.dumps(name)}, guidance_scale=1.5,"
+            f"images = pipe(batch_size=16, class_labels={json.dumps(name)}, guidance_scale={DEFAULT_GUIDANCE_SCALE},"
             f" num_inference_steps={num_inference_steps}).images",
             f"labels = torch.full((16,), pipe.labels[{json.dumps(name)}])",
             "bits_per_dim = pipe.bits_per_dim(images, class_labels=labels)  # the conditional likelihood bound",
